@@ -1,0 +1,35 @@
+# agentsandbox: `make up` starts a local single-node cluster with everything installed;
+# `make test` runs every test tier. Both install what they need (root, Debian, Go, Rust).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help up down deps test test-unit test-e2e lint build bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+up: ## build everything, start the local cluster, install agentsandbox, show a sandbox Ready
+	e2e/up.sh
+
+down: ## stop the local cluster and remove everything it left on the machine
+	e2e/down.sh
+
+deps: ## install system packages and build/cache the cluster's binaries and images
+	e2e/deps.sh
+
+build: ## build the Rust workspace (release)
+	cargo build --release --workspace --locked
+
+lint: ## formatting, clippy and shellcheck, warnings are errors
+	cargo fmt --all -- --check
+	shellcheck -x -P SCRIPTDIR e2e/*.sh .ci/run
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+test-unit: ## unit tests (no cluster)
+	cargo test --workspace --locked --exclude agentsandbox-e2e
+
+test-e2e: ## e2e tests against the running local cluster (fails if none is up)
+	cargo test --locked -p agentsandbox-e2e -- --test-threads=2
+
+test: ## every tier: lint, unit, e2e (starts the cluster if none runs, stops it after)
+	e2e/test.sh

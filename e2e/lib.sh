@@ -1,0 +1,120 @@
+# shellcheck shell=bash disable=SC2034 # variables here are used by the scripts that source it
+# Shared helpers for the local-cluster scripts (sourced, not run).
+# Layout:
+#   $CACHE  built artefacts keyed by version, outside the checkout, survives clones;
+#   $STATE  this checkout's cluster: certificates, configs, data, logs, PIDs (.e2e/);
+#   $RUN    sockets, kept short because unix socket paths are limited to 108 bytes.
+set -euo pipefail
+
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$E2E_DIR/.." && pwd)
+# shellcheck source=versions.env
+source "$E2E_DIR/versions.env"
+
+CACHE=${AGENTSANDBOX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentsandbox}
+STATE=${E2E_STATE:-$ROOT/.e2e}
+RUN=/run/agentsandbox-e2e-$(printf '%s' "$STATE" | sha256sum | cut -c1-8)
+BIN=$STATE/bin
+PIDS=$STATE/pids
+LOGS=$STATE/logs
+PKI=$STATE/pki
+KUBECONFIG_ADMIN=$STATE/kubeconfig
+CONTAINERD_SOCK=$RUN/containerd.sock
+GUARD_CHAIN=AGENTSANDBOX-E2E-GUARD
+
+export PATH="$BIN:$PATH"
+export GOFLAGS=-buildvcs=false
+export CGO_ENABLED=0
+
+SCRIPT_START=${SCRIPT_START:-$(date +%s)}
+export SCRIPT_START
+
+# step NAME...: announce a step with the time elapsed since the script started.
+step() {
+  printf '==> [%4ss] %s\n' "$(($(date +%s) - SCRIPT_START))" "$*"
+}
+
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND...: poll COMMAND until it succeeds or the deadline passes.
+wait_for() {
+  local what=$1 seconds=$2
+  shift 2
+  local deadline=$(($(date +%s) + seconds))
+  until "$@" >/dev/null 2>&1; do
+    if (($(date +%s) >= deadline)); then
+      printf 'error: timed out after %ss waiting for %s\n' "$seconds" "$what" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+pid_of() {
+  local file=$PIDS/$1.pid
+  [[ -f $file ]] && cat "$file"
+}
+
+# is_running NAME: the daemon NAME that we started is alive.
+is_running() {
+  local pid
+  pid=$(pid_of "$1") || return 1
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+}
+
+# start_daemon NAME COMMAND...: start COMMAND detached, log to $LOGS/NAME.log, record its PID.
+start_daemon() {
+  local name=$1
+  shift
+  if is_running "$name"; then
+    step "$name already running (pid $(pid_of "$name"))"
+    return 0
+  fi
+  mkdir -p "$PIDS" "$LOGS"
+  (cd "$STATE" && exec setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null) &
+  echo $! >"$PIDS/$name.pid"
+  step "$name started (pid $!, log $LOGS/$name.log)"
+}
+
+# stop_daemon NAME: SIGTERM the recorded PID, SIGKILL after a grace period.
+stop_daemon() {
+  local name=$1 pid
+  pid=$(pid_of "$name") || return 0
+  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$(($(date +%s) + 15))
+    while kill -0 "$pid" 2>/dev/null && (($(date +%s) < deadline)); do sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    step "stopped $name (pid $pid)"
+  fi
+  rm -f "$PIDS/$name.pid"
+}
+
+node_ip() {
+  local dev
+  dev=$(ip -4 route show default | awk '{for (i = 1; i < NF; i++) if ($i == "dev") {print $(i + 1); exit}}')
+  [[ -n $dev ]] || die "no IPv4 default route: the kubelet needs a non-loopback node IP"
+  ip -4 -o addr show dev "$dev" | awk '{split($4, a, "/"); print a[1]; exit}'
+}
+
+node_name() {
+  hostname | tr '[:upper:]' '[:lower:]'
+}
+
+kubectl_admin() {
+  "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"
+}
+
+# cluster_is_up: every daemon we start is alive and the API server answers.
+cluster_is_up() {
+  local d
+  for d in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do
+    is_running "$d" || return 1
+  done
+  kubectl_admin get --raw=/readyz >/dev/null 2>&1
+}

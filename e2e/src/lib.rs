@@ -1,0 +1,397 @@
+//! Harness for the end-to-end tests: a handle on the real local cluster (`make up`), a
+//! throw-away namespace per test, `kubectl` for what users do with `kubectl`, polling with
+//! deadlines instead of sleeps, and test hosts in network namespaces of our own.
+//!
+//! The tests never skip: when no cluster is running they fail and say how to start one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The repository root (this crate lives in `<root>/e2e`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e crate has a parent directory")
+        .to_path_buf()
+}
+
+/// The local cluster's state directory (`.e2e/`, or `$E2E_STATE`).
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("E2E_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".e2e"))
+}
+
+/// A connection to the local cluster.
+pub struct Cluster {
+    pub client: kube::Client,
+    pub kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    /// Connects to the cluster `make up` started; fails (never skips) when there is none.
+    pub async fn connect() -> Cluster {
+        let kubeconfig = state_dir().join("kubeconfig");
+        assert!(
+            kubeconfig.exists(),
+            "no local cluster: {} is missing. Start one with `make up` (or run `make test`, \
+             which starts and stops one itself)",
+            kubeconfig.display()
+        );
+        let kubeconfig_yaml = kube::config::Kubeconfig::read_from(&kubeconfig)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", kubeconfig.display()));
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig_yaml,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .expect("a usable kubeconfig");
+        let client = kube::Client::try_from(config).expect("a Kubernetes client");
+        if let Err(e) = client.apiserver_version().await {
+            panic!(
+                "the local cluster's API server does not answer ({e}); is it running? \
+                 `make up` starts it"
+            );
+        }
+        Cluster { client, kubeconfig }
+    }
+
+    /// `kubectl` against this cluster (the v1.34 one the harness built, not the machine's).
+    pub fn kubectl_command(&self) -> Command {
+        let mut command = Command::new(state_dir().join("bin/kubectl"));
+        command.arg("--kubeconfig").arg(&self.kubeconfig);
+        command
+    }
+
+    /// Runs `kubectl ARGS`, returning its output whatever the exit code.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_command()
+            .args(args)
+            .output()
+            .expect("kubectl runs")
+    }
+
+    /// Runs `kubectl ARGS` and returns stdout; an error carries stderr.
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
+        let output = self.kubectl(args);
+        if !output.status.success() {
+            bail!(
+                "kubectl {} failed ({}): {}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `kubectl apply -f -` of a YAML document (server-side, like GitOps tools do).
+    pub fn apply(&self, yaml: &str) -> Result<String> {
+        self.kubectl_stdin(
+            &["apply", "--server-side", "--field-manager=e2e", "-f", "-"],
+            yaml,
+        )
+    }
+
+    /// Runs `kubectl ARGS` with `input` on stdin; returns the whole output, error or not.
+    pub fn kubectl_stdin_output(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .kubectl_command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(input.as_bytes())
+            .expect("writing kubectl's stdin");
+        child.wait_with_output().expect("kubectl finishes")
+    }
+
+    fn kubectl_stdin(&self, args: &[&str], input: &str) -> Result<String> {
+        let output = self.kubectl_stdin_output(args, input);
+        if !output.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// A fresh namespace for one test, deleted when the guard drops.
+    pub fn namespace(&self, prefix: &str) -> TestNamespace {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "e2e-{prefix}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        self.kubectl_ok(&["create", "namespace", &name])
+            .expect("creating a test namespace");
+        // The namespace's default service account appears asynchronously; pods are refused
+        // until it exists.
+        let kubeconfig = self.kubeconfig.clone();
+        wait_until_sync(
+            "the namespace's default service account",
+            Duration::from_secs(30),
+            || {
+                Command::new(state_dir().join("bin/kubectl"))
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(["-n", &name, "get", "serviceaccount", "default"])
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|_| ())
+            },
+        )
+        .expect("the default service account");
+        TestNamespace {
+            name,
+            kubeconfig: self.kubeconfig.clone(),
+        }
+    }
+}
+
+/// A namespace owned by one test. Dropping it deletes the namespace without waiting.
+pub struct TestNamespace {
+    pub name: String,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::env::var_os("E2E_KEEP_NAMESPACES").is_some() {
+            return;
+        }
+        let _ = Command::new(state_dir().join("bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .output();
+    }
+}
+
+/// Polls `probe` until it returns `Some`, or fails after `timeout` naming what it waited for.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// [`wait_until`] for probes that block (a `kubectl` call, a socket connect).
+pub fn wait_until_sync<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A test host: a network namespace of our own, joined to this machine by a veth pair, with
+/// a TCP server that answers every connection with a fixed line. Egress tests aim at it, never
+/// at an outside address. Everything is removed on drop.
+pub struct TestHost {
+    pub namespace: String,
+    pub address: String,
+    pub port: u16,
+    pub greeting: String,
+    host_link: String,
+    server: Child,
+}
+
+impl TestHost {
+    /// Starts host number `index` (0..=63) at 198.18.0.(4*index+2), a benchmarking-range
+    /// address (RFC 2544) that is routed nowhere else.
+    pub fn start(index: u8, port: u16) -> Result<TestHost> {
+        assert!(index < 64, "test host index {index} out of range");
+        let namespace = format!("asb-e2e-host{index}");
+        let host_link = format!("asbh{index}");
+        let peer_link = format!("asbp{index}");
+        let base = u32::from(index) * 4;
+        let host_side = format!("198.18.0.{}", base + 1);
+        let address = format!("198.18.0.{}", base + 2);
+        // A stale namespace from a crashed run would make `ip netns add` fail.
+        let _ = run("ip", &["netns", "del", &namespace]);
+        let _ = run("ip", &["link", "del", &host_link]);
+        run("ip", &["netns", "add", &namespace])?;
+        run(
+            "ip",
+            &[
+                "link", "add", &host_link, "type", "veth", "peer", "name", &peer_link, "netns",
+                &namespace,
+            ],
+        )?;
+        run(
+            "ip",
+            &["addr", "add", &format!("{host_side}/30"), "dev", &host_link],
+        )?;
+        run("ip", &["link", "set", &host_link, "up"])?;
+        let in_ns = |args: &[&str]| -> Result<()> {
+            let mut full = vec!["netns", "exec", namespace.as_str()];
+            full.extend_from_slice(args);
+            run("ip", &full)
+        };
+        in_ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{address}/30"),
+            "dev",
+            &peer_link,
+        ])?;
+        in_ns(&["ip", "link", "set", &peer_link, "up"])?;
+        in_ns(&["ip", "link", "set", "lo", "up"])?;
+        in_ns(&["ip", "route", "add", "default", "via", &host_side])?;
+        let greeting = format!("agentsandbox-test-host-{index}");
+        let server = Command::new("ip")
+            .args(["netns", "exec", &namespace, "python3", "-c", TEST_SERVER])
+            .arg(&address)
+            .arg(port.to_string())
+            .arg(&greeting)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the test host's server")?;
+        let host = TestHost {
+            namespace,
+            address,
+            port,
+            greeting,
+            host_link,
+            server,
+        };
+        wait_until_sync("the test host's server", Duration::from_secs(10), || {
+            host.connect_from_node().ok()
+        })?;
+        Ok(host)
+    }
+
+    /// Connects from this machine (not from a pod) and returns what the server says.
+    pub fn connect_from_node(&self) -> Result<String> {
+        use std::io::Read;
+        let address: std::net::SocketAddr = format!("{}:{}", self.address, self.port).parse()?;
+        let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        Ok(reply.trim().to_string())
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = run("ip", &["link", "del", &self.host_link]);
+        let _ = run("ip", &["netns", "del", &self.namespace]);
+    }
+}
+
+/// Answers each connection with one line, forever; stopped by the owning `TestHost`.
+const TEST_SERVER: &str = r#"
+import socket, sys
+address, port, greeting = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((address, port))
+server.listen(16)
+while True:
+    connection, _ = server.accept()
+    connection.sendall((greeting + "\n").encode())
+    connection.close()
+"#;
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A value from `e2e/versions.env`, the one list of versions the harness builds.
+pub fn version(key: &str) -> String {
+    let path = repo_root().join("e2e/versions.env");
+    let text = std::fs::read_to_string(&path).expect("e2e/versions.env is readable");
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| panic!("{key} is not set in {}", path.display()))
+}
+
+/// The locally built busybox test image.
+pub fn busybox_image() -> String {
+    format!("agentsandbox.local/busybox:{}", version("BUSYBOX_TAG"))
+}
+
+/// A busybox pod running `script` with `sh -c`, ending promptly on delete.
+pub fn busybox_pod(namespace: &str, name: &str, script: &str) -> String {
+    let script = serde_json::to_string(script).expect("a string serialises");
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, {script}]
+"#,
+        image = busybox_image()
+    )
+}
+
+/// A pod that idles until deleted, for `kubectl exec` tests.
+pub fn idle_pod(namespace: &str, name: &str) -> String {
+    busybox_pod(
+        namespace,
+        name,
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    )
+}
