@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down deps test test-unit test-e2e lint build bench
+.PHONY: help up down deps test test-unit test-e2e lint build bench crds images
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,6 +16,9 @@ down: ## stop the local cluster and remove everything it left on the machine
 
 deps: ## install system packages and build/cache the cluster's binaries and images
 	e2e/deps.sh
+
+images: ## build the project's images from local binaries and import them into the local cluster
+	e2e/images.sh
 
 build: ## build the Rust workspace (release)
 	cargo build --release --workspace --locked
@@ -33,3 +36,7 @@ test-e2e: ## e2e tests against the running local cluster (fails if none is up)
 
 test: ## every tier: lint, unit, e2e (starts the cluster if none runs, stops it after)
 	e2e/test.sh
+
+crds: ## regenerate crds/ from the Rust API types
+	cargo run -q --locked -p agentsandbox-operator --bin crdgen > crds/agentsandbox.io_agentsandboxes.yaml
+	cp crds/agentsandbox.io_agentsandboxes.yaml charts/agentsandbox/files/crds/

@@ -21,6 +21,11 @@ PKI=$STATE/pki
 KUBECONFIG_ADMIN=$STATE/kubeconfig
 CONTAINERD_SOCK=$RUN/containerd.sock
 GUARD_CHAIN=AGENTSANDBOX-E2E-GUARD
+AGENTSANDBOX_NAMESPACE=agentsandbox-system
+# RuntimeClass the operator gives sandbox pods. Empty until the agentsandbox shim is installed
+# on this cluster: sandboxes then run under runc with pod-level hardening only, and their
+# Hardened condition says so.
+SANDBOX_RUNTIME_CLASS=${SANDBOX_RUNTIME_CLASS:-}
 
 export PATH="$BIN:$PATH"
 export GOFLAGS=-buildvcs=false
@@ -93,6 +98,20 @@ stop_daemon() {
     step "stopped $name (pid $pid)"
   fi
   rm -f "$PIDS/$name.pid"
+}
+
+# write_if_changed FILE: stdin becomes FILE only if the content differs. Running daemons watch
+# their configuration files (kube-proxy exits when its file is rewritten), so a second
+# `make up` must leave identical files untouched.
+write_if_changed() {
+  local file=$1 tmp
+  tmp=$(mktemp "$file.XXXXXX")
+  cat >"$tmp"
+  if [[ -f $file ]] && cmp -s "$tmp" "$file"; then
+    rm -f "$tmp"
+  else
+    mv "$tmp" "$file"
+  fi
 }
 
 node_ip() {

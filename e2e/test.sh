@@ -23,12 +23,13 @@ stop_cluster() {
 }
 
 if cluster_is_up; then
-  step "using the running cluster ($KUBECONFIG_ADMIN)"
+  step "using the running cluster ($KUBECONFIG_ADMIN); updating what it runs"
 else
   step "no cluster running: starting one for this run"
   trap stop_cluster EXIT
-  "$E2E_DIR/up.sh"
 fi
+# Idempotent: starts what is not running, and always installs the current build.
+"$E2E_DIR/up.sh"
 step "e2e tests"
 make --no-print-directory test-e2e
 step "all tests passed"

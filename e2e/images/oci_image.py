@@ -70,6 +70,24 @@ def busybox_applets(binary):
     return sorted(line for line in listing.stdout.split() if line)
 
 
+def shared_libraries(binary):
+    """The shared libraries (and the ELF interpreter) a dynamically linked binary loads,
+    as the dynamic linker resolves them on this machine."""
+    listing = subprocess.run(["ldd", binary], capture_output=True, text=True)
+    if listing.returncode != 0 or "not a dynamic executable" in listing.stdout + listing.stderr:
+        return []
+    paths = []
+    for line in listing.stdout.splitlines():
+        words = line.split()
+        if "=>" in words:
+            target = words[words.index("=>") + 1]
+            if target.startswith("/"):
+                paths.append(target)
+        elif words and words[0].startswith("/"):
+            paths.append(words[0])
+    return sorted(set(paths))
+
+
 def build_layer(args):
     layer = Layer()
     for directory in ("etc", "tmp", "proc", "sys", "dev", "root", "var/run"):
@@ -83,6 +101,15 @@ def build_layer(args):
         for applet in busybox_applets(args.busybox):
             if applet != "bin/busybox":
                 layer.symlink(applet, "/bin/busybox")
+    for spec in args.elf:
+        source, _, destination = spec.partition(":")
+        if not destination:
+            sys.exit(f"--elf={spec}: expected SOURCE:DESTINATION")
+        with open(source, "rb") as handle:
+            layer.file(destination, handle.read(), 0o755)
+        for library in shared_libraries(source):
+            with open(library, "rb") as handle:
+                layer.file(library, handle.read(), 0o755)
     for spec in args.file:
         source, _, rest = spec.partition(":")
         destination, _, mode = rest.partition(":")
@@ -165,6 +192,8 @@ def main():
     parser.add_argument("--name", required=True, help="image reference, e.g. agentsandbox.local/busybox:1.35.0")
     parser.add_argument("--output", required=True, help="archive to write")
     parser.add_argument("--file", action="append", default=[], help="SOURCE:DESTINATION[:MODE] to copy in")
+    parser.add_argument("--elf", action="append", default=[],
+                        help="SOURCE:DESTINATION, a binary copied in with the shared libraries it loads")
     parser.add_argument("--busybox", help="a static busybox to install with all its applet links")
     parser.add_argument("--entrypoint", help="space-separated entrypoint")
     parser.add_argument("--cmd", help="space-separated default command")

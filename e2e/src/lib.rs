@@ -395,3 +395,26 @@ pub fn idle_pod(namespace: &str, name: &str) -> String {
         "trap 'exit 0' TERM; while true; do sleep 1; done",
     )
 }
+
+/// A sandbox manifest running the local test image idle, with small resources so that many
+/// fit on the single node; `extra` is more YAML under `spec:` (indented two spaces).
+pub fn sandbox_yaml(namespace: &str, name: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: agentsandbox.io/v1alpha1
+kind: AgentSandbox
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  image: {image}
+  command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 1; done"]
+  resources:
+    requests: {{cpu: 5m, memory: 8Mi}}
+    limits: {{cpu: 200m, memory: 64Mi}}
+{extra}"#,
+        image = busybox_image()
+    )
+}
+
+/// The namespace the chart is installed in by `make up`.
+pub const AGENTSANDBOX_NAMESPACE: &str = "agentsandbox-system";

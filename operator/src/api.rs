@@ -1,0 +1,579 @@
+//! The `AgentSandbox` API (`agentsandbox.io/v1alpha1`): the CRD is generated from these types
+//! (`cargo run -p agentsandbox-operator --bin crdgen`), never written by hand.
+//!
+//! Every field carries a doc comment because it becomes the field's description in
+//! `kubectl explain`. Cross-field rules are CEL (`x-kubernetes-validations`) so that the API
+//! server itself refuses a bad spec with a message naming the field.
+
+// Each `printcolumn(...)` in the `#[kube]` attribute repeats keys such as `type_`, which
+// clippy mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "agentsandbox.io";
+/// Prefix of every label and annotation the operator owns; users cannot set these.
+pub const LABEL_PREFIX: &str = "agentsandbox.io/";
+
+/// An isolated environment for one AI agent: a pod run by the agentsandbox runtime, which
+/// enforces a user namespace, an agent seccomp profile, dropped capabilities and a read-only
+/// root whatever the pod asks for, plus its network policy, optional workspace volume and
+/// lifecycle. Escape attempts the runtime catches are reported in `status.security`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "agentsandbox.io",
+    version = "v1alpha1",
+    kind = "AgentSandbox",
+    plural = "agentsandboxes",
+    shortname = "asb",
+    category = "agentsandbox",
+    namespaced,
+    status = "AgentSandboxStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "An isolated, hardened environment for one AI agent, with escape attempts reported on its status.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Escapes",
+        type_ = "integer",
+        json_path = ".status.security.escapeAttempts",
+        description = "escape attempts the runtime denied"
+    ),
+    printcolumn(
+        name = "Node",
+        type_ = "string",
+        json_path = ".status.nodeName",
+        priority = 1
+    ),
+    printcolumn(
+        name = "IP",
+        type_ = "string",
+        json_path = ".status.podIP",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSandboxSpec {
+    /// Container image the agent runs in. Give an explicit tag or digest.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.trim() == self && !self.contains(' ')").message("spec.image must be an image reference without spaces, e.g. registry.example/agent:1.2"))]
+    pub image: String,
+
+    /// When the kubelet pulls the image: Always, IfNotPresent (default) or Never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
+    /// Entrypoint of the agent's container (replaces the image's ENTRYPOINT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+
+    /// Arguments to the entrypoint (replaces the image's CMD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+
+    /// Environment variables of the agent's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+
+    /// Working directory of the agent's container (defaults to the workspace mount when a
+    /// workspace is requested, else the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("spec.workingDir must be an absolute path"))]
+    pub working_dir: Option<String>,
+
+    /// CPU and memory for the agent's container. Defaults to requests 250m / 256Mi and limits
+    /// 1 CPU / 1Gi when omitted, so that no sandbox runs unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Pod-level settings merged into the sandbox's pod. The hardening always wins: nothing
+    /// here can turn off the runtime class, the security context or the token opt-out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplate>,
+
+    /// How the sandbox is isolated.
+    #[serde(default)]
+    pub isolation: Isolation,
+
+    /// Network access of the sandbox: egress is denied unless allowed here.
+    #[serde(default)]
+    pub network: Network,
+
+    /// A persistent volume mounted into the sandbox, kept across suspend/resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<Workspace>,
+
+    /// When the sandbox ends by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<Lifetime>,
+
+    /// Running (default) keeps a pod running; Suspended deletes the pod and keeps the
+    /// workspace, so that switching back to Running resumes with the same data.
+    #[serde(default)]
+    pub operating_mode: OperatingMode,
+
+    /// What happens when the agent tries to escape.
+    #[serde(default)]
+    pub security: SecurityPolicy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Pod-level settings merged into the sandbox's pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplate {
+    /// Extra labels on the pod. Keys under agentsandbox.io/ are reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('agentsandbox.io/'))").message("spec.podTemplate.labels: keys under agentsandbox.io/ are reserved for the operator"))]
+    pub labels: Option<BTreeMap<String, String>>,
+
+    /// Extra annotations on the pod. Keys under agentsandbox.io/ are reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('agentsandbox.io/'))").message("spec.podTemplate.annotations: keys under agentsandbox.io/ are reserved for the operator"))]
+    pub annotations: Option<BTreeMap<String, String>>,
+
+    /// Node labels the pod must match (in addition to the runtime's own node selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Tolerations of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// Priority class of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+
+    /// Service account the pod runs as. Its token is still not mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+
+    /// Secrets used to pull the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+}
+
+/// How the sandbox is isolated.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Isolation {
+    /// Strict (default): read-only root filesystem, writable only the workspace and /tmp.
+    /// Standard: writable root filesystem (for agents that install packages); everything
+    /// else is as hardened as Strict.
+    #[serde(default)]
+    pub profile: IsolationProfile,
+
+    /// Agent (default): the agentsandbox runtime's profile, which denies and reports escape
+    /// syscalls. RuntimeDefault: the container runtime's default profile (still denied by the
+    /// agentsandbox runtime, which always applies its own profile on top).
+    #[serde(default)]
+    pub seccomp_profile: SeccompProfileChoice,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum IsolationProfile {
+    #[default]
+    Strict,
+    Standard,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SeccompProfileChoice {
+    #[default]
+    Agent,
+    RuntimeDefault,
+}
+
+impl SeccompProfileChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeccompProfileChoice::Agent => "Agent",
+            SeccompProfileChoice::RuntimeDefault => "RuntimeDefault",
+        }
+    }
+}
+
+/// Network access of the sandbox.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.egress == 'Deny' || !has(self.egressAllow) || size(self.egressAllow) == 0").message("spec.network.egressAllow only applies when spec.network.egress is Deny"))]
+pub struct Network {
+    /// Deny (default): no outbound traffic except what egressAllow (and allowDNS) permit.
+    /// Allow: unrestricted outbound traffic.
+    #[serde(default)]
+    pub egress: EgressMode,
+
+    /// Destinations the sandbox may reach when egress is Deny.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub egress_allow: Option<Vec<EgressRule>>,
+
+    /// Allow DNS queries to the cluster's DNS service (off by default: an agent with no
+    /// egress has no need to resolve names, and DNS is a classic exfiltration channel).
+    #[serde(default, rename = "allowDNS")]
+    pub allow_dns: bool,
+
+    /// Ports of the sandbox reachable from inside the cluster, through a headless Service
+    /// named after the sandbox. All other inbound traffic is denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["port".into(), "protocol".into()]))]
+    pub expose: Option<Vec<ExposedPort>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum EgressMode {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// One allowed destination.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressRule {
+    /// Destination network in CIDR notation, e.g. 10.20.0.0/16 or 10.20.0.7/32.
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("isCIDR(self)").message("spec.network.egressAllow[].cidr must be a CIDR such as 10.0.0.0/8"))]
+    pub cidr: String,
+
+    /// Destination ports; all ports of the CIDR when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub ports: Option<Vec<PortRule>>,
+}
+
+/// A destination port.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortRule {
+    /// Port number.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// TCP (default) or UDP.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Protocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
+/// A port exposed through the sandbox's Service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExposedPort {
+    /// Port name (DNS label), unique in the list.
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Container port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// TCP (default) or UDP.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// A persistent workspace volume.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Workspace {
+    /// Size of the volume, e.g. 10Gi.
+    #[serde(default = "default_workspace_size")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("quantity(self).isGreaterThan(quantity('0'))").message("spec.workspace.size must be a positive quantity such as 10Gi"))]
+    pub size: String,
+
+    /// Storage class of the volume; the cluster's default class when omitted. Fixed once the
+    /// volume exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.workspace.storageClassName cannot change once set; create a new sandbox"))]
+    pub storage_class_name: Option<String>,
+
+    /// Where the workspace is mounted in the container.
+    #[serde(default = "default_mount_path")]
+    #[schemars(length(max = 4096))]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && self != '/'").message("spec.workspace.mountPath must be an absolute path other than /"))]
+    pub mount_path: String,
+
+    /// Keep the volume when the sandbox is deleted (default false: deleted with it).
+    #[serde(default)]
+    pub retain_on_delete: bool,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Workspace {
+            size: default_workspace_size(),
+            storage_class_name: None,
+            mount_path: default_mount_path(),
+            retain_on_delete: false,
+        }
+    }
+}
+
+fn default_workspace_size() -> String {
+    "1Gi".to_string()
+}
+
+fn default_mount_path() -> String {
+    "/workspace".to_string()
+}
+
+/// When the sandbox ends by itself.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifetime {
+    /// Absolute time (RFC 3339) at which the sandbox is shut down: its pod is deleted and it
+    /// becomes Finished (or is deleted, per shutdownPolicy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_time: Option<Time>,
+
+    /// At shutdownTime: Retain (default) keeps the AgentSandbox object, Finished; Delete
+    /// deletes it (and its workspace unless retained).
+    #[serde(default)]
+    pub shutdown_policy: ShutdownPolicy,
+
+    /// Seconds after the sandbox finished (its agent exited or it was shut down) after which
+    /// the AgentSandbox is deleted. Kept forever when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+
+    /// Suspend the sandbox after it has been idle this long, e.g. 30m or 1h30m. Idle means no
+    /// CPU use and no network traffic in either direction over the whole window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
+    #[x_kube(validation = Rule::new("self != '' && duration(self) >= duration('1m')").message("spec.lifetime.idleTimeout must be a duration of at least 1m, e.g. 30m"))]
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ShutdownPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OperatingMode {
+    #[default]
+    Running,
+    Suspended,
+}
+
+/// What happens when the agent tries to escape.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityPolicy {
+    /// Deny (default): deny the syscall and record it. Kill: also stop the sandbox (phase
+    /// Failed). Quarantine: also freeze its processes and cut its network, keeping everything
+    /// for forensics (phase Quarantined).
+    #[serde(default)]
+    pub on_escape_attempt: EscapeResponse,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum EscapeResponse {
+    #[default]
+    Deny,
+    Kill,
+    Quarantine,
+}
+
+impl EscapeResponse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EscapeResponse::Deny => "Deny",
+            EscapeResponse::Kill => "Kill",
+            EscapeResponse::Quarantine => "Quarantine",
+        }
+    }
+}
+
+/// What the operator and the node agent observed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSandboxStatus {
+    /// Pending, Running, Suspended, Finished, Failed or Quarantined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Ready, Hardened, Suspended, Finished and EscapeAttempted, following the
+    /// metav1.Condition conventions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Option<Vec<Condition>>,
+
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Name of the sandbox's pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+
+    /// Node the pod runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+
+    /// The pod's IP address.
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+
+    /// DNS name of the sandbox's headless Service, when it exposes ports.
+    #[serde(
+        default,
+        rename = "serviceFQDN",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_fqdn: Option<String>,
+
+    /// When the current pod started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+
+    /// Escape attempts the runtime denied (written by the node agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<SecurityStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    Pending,
+    Running,
+    Suspended,
+    Finished,
+    Failed,
+    Quarantined,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Suspended => "Suspended",
+            Phase::Finished => "Finished",
+            Phase::Failed => "Failed",
+            Phase::Quarantined => "Quarantined",
+        }
+    }
+
+    pub const ALL: [Phase; 6] = [
+        Phase::Pending,
+        Phase::Running,
+        Phase::Suspended,
+        Phase::Finished,
+        Phase::Failed,
+        Phase::Quarantined,
+    ];
+}
+
+/// Escape attempts the runtime denied.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityStatus {
+    /// Total escape attempts denied since the sandbox was created.
+    #[serde(default)]
+    pub escape_attempts: i64,
+    /// Attempts by category (namespace, mount, ptrace, kernel, bpf, fs-handle, io_uring, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts_by_category: Option<BTreeMap<String, i64>>,
+    /// The most recent attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt: Option<EscapeAttempt>,
+    /// The most recent attempts, newest first (bounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent_attempts: Option<Vec<EscapeAttempt>>,
+    /// Attempts whose details were dropped under load (always counted above).
+    #[serde(default)]
+    pub dropped_events: i64,
+}
+
+/// One denied escape attempt.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EscapeAttempt {
+    /// When it happened.
+    pub time: Time,
+    /// Container that made it.
+    pub container: String,
+    /// Process ID inside the sandbox.
+    #[serde(default)]
+    pub pid: i64,
+    /// System call, e.g. unshare.
+    pub syscall: String,
+    /// Category, e.g. namespace.
+    pub category: String,
+    /// A safe summary of the arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// What was done: Denied, Killed or Quarantined.
+    pub action: String,
+}
+
+impl AgentSandbox {
+    /// The condition of `type_`, if present.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+}

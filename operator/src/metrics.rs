@@ -1,0 +1,106 @@
+//! Prometheus metrics of the operator: reconciles, errors by kind, reconcile durations and
+//! sandboxes by phase (counted from the controller's cache at scrape time).
+
+use std::time::Duration;
+
+use kube::runtime::reflector::Store;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::api::{AgentSandbox, Phase};
+use crate::controller::Error;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_duration: Histogram,
+    sandboxes: Family<PhaseLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("agentsandbox_operator");
+        let reconciles = Counter::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let reconcile_duration =
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
+        let sandboxes = Family::<PhaseLabels, Gauge>::default();
+        registry.register("reconciles", "Reconciliations run", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations that failed, by kind of error",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconciliation took",
+            reconcile_duration.clone(),
+        );
+        registry.register("sandboxes", "AgentSandboxes by phase", sandboxes.clone());
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            sandboxes,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn observe_reconcile(&self, took: Duration, error: Option<&Error>) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+        if let Some(error) = error {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    error: error.metric_label(),
+                })
+                .inc();
+        }
+    }
+
+    /// Recounts sandboxes by phase (sandboxes with no status yet count as Pending).
+    pub fn count_phases(&self, store: &Store<AgentSandbox>) {
+        let mut counts = [0i64; Phase::ALL.len()];
+        for sandbox in store.state() {
+            let phase = sandbox
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .unwrap_or(Phase::Pending);
+            let index = Phase::ALL.iter().position(|p| *p == phase).unwrap_or(0);
+            counts[index] += 1;
+        }
+        for (phase, count) in Phase::ALL.iter().zip(counts) {
+            self.sandboxes
+                .get_or_create(&PhaseLabels {
+                    phase: phase.as_str(),
+                })
+                .set(count);
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

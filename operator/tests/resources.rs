@@ -1,0 +1,464 @@
+//! Spec -> desired objects, field by field.
+
+mod common;
+
+use agentsandbox_operator::resources::*;
+use common::sandbox;
+use k8s_openapi::api::core::v1::Container;
+use serde_json::json;
+
+fn settings() -> OperatorSettings {
+    OperatorSettings::default()
+}
+
+fn agent(pod: &k8s_openapi::api::core::v1::Pod) -> &Container {
+    &pod.spec.as_ref().unwrap().containers[0]
+}
+
+#[test]
+fn minimal_sandbox_gets_a_hardened_pod_named_after_it() {
+    let s = sandbox(json!({"image": "agent:1"}));
+    let pod = desired_pod(&s, &settings());
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(pod.metadata.name.as_deref(), Some("coder"));
+    assert_eq!(pod.metadata.namespace.as_deref(), Some("agents"));
+    assert_eq!(spec.runtime_class_name.as_deref(), Some("agentsandbox"));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(spec.enable_service_links, Some(false));
+    assert_eq!(spec.host_network, Some(false));
+    assert_eq!(spec.host_pid, Some(false));
+    assert_eq!(spec.host_ipc, Some(false));
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(
+        spec.security_context
+            .as_ref()
+            .unwrap()
+            .seccomp_profile
+            .as_ref()
+            .unwrap()
+            .type_,
+        "RuntimeDefault"
+    );
+    let c = agent(&pod);
+    assert_eq!(c.name, "agent");
+    assert_eq!(c.image.as_deref(), Some("agent:1"));
+    assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    assert_eq!(c.resources, Some(default_resources()));
+    let mounts = c.volume_mounts.as_ref().unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].mount_path, "/tmp");
+}
+
+#[test]
+fn pod_is_controlled_by_the_sandbox_and_labelled_for_selection() {
+    let s = sandbox(json!({"image": "agent:1"}));
+    let pod = desired_pod(&s, &settings());
+    let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.kind, "AgentSandbox");
+    assert_eq!(owner.name, "coder");
+    assert_eq!(owner.uid, "0f0e0d0c-0000-4000-8000-000000000001");
+    assert_eq!(owner.controller, Some(true));
+    let labels = pod.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels[LABEL_NAME], "coder");
+    assert_eq!(labels[LABEL_UID], "0f0e0d0c-0000-4000-8000-000000000001");
+    assert_eq!(labels[LABEL_MANAGED_BY], MANAGED_BY);
+}
+
+#[test]
+fn runtime_gets_the_sandbox_identity_and_policies_as_annotations() {
+    let s = sandbox(json!({
+        "image": "agent:1",
+        "security": {"onEscapeAttempt": "Quarantine"},
+        "isolation": {"seccompProfile": "RuntimeDefault"}
+    }));
+    let pod = desired_pod(&s, &settings());
+    let a = pod.metadata.annotations.as_ref().unwrap();
+    assert_eq!(a[ANNOTATION_SANDBOX_NAME], "coder");
+    assert_eq!(a[ANNOTATION_SANDBOX_NAMESPACE], "agents");
+    assert_eq!(
+        a[ANNOTATION_SANDBOX_UID],
+        "0f0e0d0c-0000-4000-8000-000000000001"
+    );
+    assert_eq!(a[ANNOTATION_ON_ESCAPE], "Quarantine");
+    assert_eq!(a[ANNOTATION_SECCOMP], "RuntimeDefault");
+    assert_eq!(
+        a[ANNOTATION_EGRESS],
+        r#"{"mode":"Deny","allow":[],"dns":false}"#
+    );
+}
+
+#[test]
+fn image_command_args_env_and_working_dir_pass_through() {
+    let s = sandbox(json!({
+        "image": "registry.example/agent@sha256:abc",
+        "imagePullPolicy": "Always",
+        "command": ["python3"],
+        "args": ["-m", "agent"],
+        "env": [{"name": "MODE", "value": "plan"}],
+        "workingDir": "/src"
+    }));
+    let pod = desired_pod(&s, &settings());
+    let c = agent(&pod);
+    assert_eq!(
+        c.image.as_deref(),
+        Some("registry.example/agent@sha256:abc")
+    );
+    assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+    assert_eq!(c.command.as_deref(), Some(&["python3".to_string()][..]));
+    assert_eq!(
+        c.args.as_ref().unwrap(),
+        &["-m".to_string(), "agent".to_string()]
+    );
+    let env = c.env.as_ref().unwrap();
+    assert_eq!(
+        (env[0].name.as_str(), env[0].value.as_deref()),
+        ("MODE", Some("plan"))
+    );
+    assert_eq!(c.working_dir.as_deref(), Some("/src"));
+}
+
+#[test]
+fn explicit_resources_replace_the_defaults() {
+    let s = sandbox(json!({
+        "image": "agent:1",
+        "resources": {"limits": {"memory": "4Gi", "cpu": "2"}, "requests": {"cpu": "1"}}
+    }));
+    let pod = desired_pod(&s, &settings());
+    let r = agent(&pod).resources.as_ref().unwrap();
+    assert_eq!(r.limits.as_ref().unwrap()["memory"].0, "4Gi");
+    assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "1");
+    assert!(!r.requests.as_ref().unwrap().contains_key("memory"));
+}
+
+#[test]
+fn pod_template_is_merged_but_cannot_take_the_operators_labels_or_weaken_hardening() {
+    let s = sandbox(json!({
+        "image": "agent:1",
+        "podTemplate": {
+            "labels": {"team": "ml", "agentsandbox.io/name": "hijack"},
+            "annotations": {"note": "x", "agentsandbox.io/egress": "{\"mode\":\"Allow\"}"},
+            "nodeSelector": {"pool": "agents"},
+            "tolerations": [{"key": "agents", "operator": "Exists"}],
+            "priorityClassName": "agents-low",
+            "serviceAccountName": "agent-sa",
+            "imagePullSecrets": [{"name": "pull"}]
+        }
+    }));
+    let pod = desired_pod(&s, &settings());
+    let labels = pod.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["team"], "ml");
+    assert_eq!(
+        labels[LABEL_NAME], "coder",
+        "the operator's selector label wins"
+    );
+    let annotations = pod.metadata.annotations.as_ref().unwrap();
+    assert_eq!(annotations["note"], "x");
+    assert!(
+        annotations[ANNOTATION_EGRESS].contains("\"Deny\""),
+        "a user cannot forge the egress policy"
+    );
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.node_selector.as_ref().unwrap()["pool"], "agents");
+    assert_eq!(
+        spec.tolerations.as_ref().unwrap()[0].key.as_deref(),
+        Some("agents")
+    );
+    assert_eq!(spec.priority_class_name.as_deref(), Some("agents-low"));
+    assert_eq!(spec.service_account_name.as_deref(), Some("agent-sa"));
+    assert_eq!(spec.image_pull_secrets.as_ref().unwrap()[0].name, "pull");
+    assert_eq!(
+        spec.automount_service_account_token,
+        Some(false),
+        "the token stays unmounted"
+    );
+}
+
+#[test]
+fn standard_profile_has_a_writable_root_and_nothing_else_relaxed() {
+    let s = sandbox(json!({"image": "agent:1", "isolation": {"profile": "Standard"}}));
+    let pod = desired_pod(&s, &settings());
+    let sc = agent(&pod).security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.unwrap().drop.unwrap(),
+        vec!["ALL".to_string()]
+    );
+}
+
+#[test]
+fn without_a_runtime_class_the_pod_uses_the_cluster_default() {
+    let s = sandbox(json!({"image": "agent:1"}));
+    let settings = OperatorSettings {
+        runtime_class_name: None,
+        ..OperatorSettings::default()
+    };
+    assert_eq!(
+        desired_pod(&s, &settings).spec.unwrap().runtime_class_name,
+        None
+    );
+}
+
+#[test]
+fn default_egress_is_denied_with_no_exceptions() {
+    let s = sandbox(json!({"image": "agent:1"}));
+    let policy = desired_network_policy(&s, &settings());
+    let spec = policy.spec.unwrap();
+    assert_eq!(spec.policy_types.unwrap(), vec!["Ingress", "Egress"]);
+    assert_eq!(spec.egress.unwrap(), vec![]);
+    assert_eq!(spec.ingress.unwrap(), vec![]);
+    assert_eq!(
+        spec.pod_selector.unwrap().match_labels.unwrap()[LABEL_NAME],
+        "coder"
+    );
+    assert_eq!(policy.metadata.owner_references.unwrap()[0].name, "coder");
+}
+
+#[test]
+fn egress_allow_list_becomes_ip_blocks_with_ports_and_the_runtime_annotation() {
+    let s = sandbox(json!({
+        "image": "agent:1",
+        "network": {
+            "egressAllow": [
+                {"cidr": "10.20.0.0/16", "ports": [{"port": 443}, {"port": 53, "protocol": "UDP"}]},
+                {"cidr": "10.30.0.7/32"}
+            ]
+        }
+    }));
+    let egress = desired_network_policy(&s, &settings())
+        .spec
+        .unwrap()
+        .egress
+        .unwrap();
+    assert_eq!(egress.len(), 2);
+    let first = serde_json::to_value(&egress[0]).unwrap();
+    assert_eq!(
+        first,
+        json!({"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+               "ports": [{"port": 443, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]})
+    );
+    assert_eq!(
+        egress[1].ports, None,
+        "no ports means every port of the CIDR"
+    );
+    let pod = desired_pod(&s, &settings());
+    assert_eq!(
+        pod.metadata.annotations.unwrap()[ANNOTATION_EGRESS],
+        r#"{"mode":"Deny","allow":[{"cidr":"10.20.0.0/16","ports":[{"port":443,"protocol":"TCP"},{"port":53,"protocol":"UDP"}]},{"cidr":"10.30.0.7/32","ports":[]}],"dns":false}"#
+    );
+}
+
+#[test]
+fn allow_dns_adds_only_the_cluster_dns_pods_on_port_53() {
+    let s = sandbox(json!({"image": "agent:1", "network": {"allowDNS": true}}));
+    let egress = desired_network_policy(&s, &settings())
+        .spec
+        .unwrap()
+        .egress
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&egress).unwrap(),
+        json!([{
+            "to": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}
+            }],
+            "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+        }])
+    );
+    assert!(
+        desired_pod(&s, &settings()).metadata.annotations.unwrap()[ANNOTATION_EGRESS]
+            .ends_with(r#""dns":true}"#)
+    );
+}
+
+#[test]
+fn egress_allow_mode_permits_everything() {
+    let s = sandbox(json!({"image": "agent:1", "network": {"egress": "Allow"}}));
+    let egress = desired_network_policy(&s, &settings())
+        .spec
+        .unwrap()
+        .egress
+        .unwrap();
+    assert_eq!(serde_json::to_value(&egress).unwrap(), json!([{}]));
+    assert!(
+        desired_pod(&s, &settings()).metadata.annotations.unwrap()[ANNOTATION_EGRESS]
+            .contains(r#""mode":"Allow""#)
+    );
+}
+
+#[test]
+fn exposed_ports_get_a_headless_service_ingress_and_container_ports() {
+    let s = sandbox(json!({
+        "image": "agent:1",
+        "network": {"expose": [{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]}
+    }));
+    let service = desired_service(&s).expect("a service");
+    let spec = service.spec.unwrap();
+    assert_eq!(service.metadata.name.as_deref(), Some("coder"));
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(spec.selector.unwrap()[LABEL_NAME], "coder");
+    let ports = spec.ports.unwrap();
+    assert_eq!(
+        (ports[0].name.as_deref(), ports[0].port),
+        (Some("http"), 8080)
+    );
+    assert_eq!(ports[1].protocol.as_deref(), Some("UDP"));
+    let ingress = desired_network_policy(&s, &settings())
+        .spec
+        .unwrap()
+        .ingress
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&ingress).unwrap(),
+        json!([{"ports": [{"port": 8080, "protocol": "TCP"}, {"port": 5353, "protocol": "UDP"}]}])
+    );
+    let pod = desired_pod(&s, &settings());
+    let container_ports = agent(&pod).ports.clone().unwrap();
+    assert_eq!(container_ports[0].container_port, 8080);
+    assert_eq!(
+        service_fqdn(&s, &settings()),
+        "coder.agents.svc.cluster.local"
+    );
+}
+
+#[test]
+fn no_exposed_ports_means_no_service() {
+    assert!(desired_service(&sandbox(json!({"image": "agent:1"}))).is_none());
+    assert!(desired_service(&sandbox(
+        json!({"image": "agent:1", "network": {"expose": []}})
+    ))
+    .is_none());
+}
+
+#[test]
+fn workspace_becomes_an_owned_claim_mounted_as_the_working_directory() {
+    let s = sandbox(json!({
+        "image": "agent:1",
+        "workspace": {"size": "5Gi", "storageClassName": "fast", "mountPath": "/work"}
+    }));
+    let claim = desired_workspace_claim(&s).expect("a claim");
+    assert_eq!(claim.metadata.name.as_deref(), Some("coder-workspace"));
+    assert_eq!(
+        claim.metadata.owner_references.as_ref().unwrap()[0].name,
+        "coder"
+    );
+    let spec = claim.spec.unwrap();
+    assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(spec.access_modes.unwrap(), vec!["ReadWriteOnce"]);
+    assert_eq!(
+        spec.resources.unwrap().requests.unwrap()["storage"].0,
+        "5Gi"
+    );
+    let pod = desired_pod(&s, &settings());
+    let c = agent(&pod);
+    assert!(c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|m| m.mount_path == "/work" && m.name == "workspace"));
+    assert_eq!(c.working_dir.as_deref(), Some("/work"));
+    let volumes = pod.spec.unwrap().volumes.unwrap();
+    let workspace = volumes.iter().find(|v| v.name == "workspace").unwrap();
+    assert_eq!(
+        workspace
+            .persistent_volume_claim
+            .as_ref()
+            .unwrap()
+            .claim_name,
+        "coder-workspace"
+    );
+}
+
+#[test]
+fn workspace_defaults_and_retained_claims_have_no_owner() {
+    let s = sandbox(json!({"image": "agent:1", "workspace": {"retainOnDelete": true}}));
+    let claim = desired_workspace_claim(&s).unwrap();
+    assert!(
+        claim.metadata.owner_references.is_none(),
+        "garbage collection must not take it"
+    );
+    assert_eq!(
+        claim
+            .spec
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()["storage"]
+            .0,
+        "1Gi"
+    );
+    assert_eq!(
+        claim.spec.unwrap().storage_class_name,
+        None,
+        "the cluster's default class"
+    );
+    let pod = desired_pod(&s, &settings());
+    assert_eq!(agent(&pod).working_dir.as_deref(), Some("/workspace"));
+}
+
+#[test]
+fn no_workspace_means_no_claim() {
+    assert!(desired_workspace_claim(&sandbox(json!({"image": "agent:1"}))).is_none());
+}
+
+#[test]
+fn pod_hash_is_stable_and_changes_with_the_spec() {
+    let s = sandbox(json!({"image": "agent:1"}));
+    let a = desired_pod(&s, &settings());
+    let b = desired_pod(&s, &settings());
+    let hash = |p: &k8s_openapi::api::core::v1::Pod| {
+        p.metadata.annotations.as_ref().unwrap()[ANNOTATION_POD_HASH].clone()
+    };
+    assert_eq!(hash(&a), hash(&b));
+    assert_eq!(
+        hash(&a),
+        pod_hash(&a),
+        "the hash ignores its own annotation"
+    );
+    let changed = desired_pod(&sandbox(json!({"image": "agent:2"})), &settings());
+    assert_ne!(hash(&a), hash(&changed));
+    let policy_changed = desired_pod(
+        &sandbox(json!({"image": "agent:1", "network": {"allowDNS": true}})),
+        &settings(),
+    );
+    assert_ne!(
+        hash(&a),
+        hash(&policy_changed),
+        "a new egress policy reaches the runtime through a new pod"
+    );
+}
+
+#[test]
+fn hostname_is_set_only_when_the_name_is_a_valid_label() {
+    let s = sandbox(json!({"image": "agent:1"}));
+    assert_eq!(
+        desired_pod(&s, &settings())
+            .spec
+            .unwrap()
+            .hostname
+            .as_deref(),
+        Some("coder")
+    );
+    let mut dotted = s.clone();
+    dotted.metadata.name = Some("coder.v2".to_string());
+    assert_eq!(
+        desired_pod(&dotted, &settings()).spec.unwrap().hostname,
+        None
+    );
+}
