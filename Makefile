@@ -37,6 +37,10 @@ test-e2e: ## e2e tests against the running local cluster (fails if none is up)
 test: ## every tier: lint, unit, e2e (starts the cluster if none runs, stops it after)
 	e2e/test.sh
 
+bench: ## measurements against baselines on the local cluster (starts/updates it; never gates CI)
+	e2e/up.sh
+	cargo run -q --locked -p agentsandbox-e2e --bin bench
+
 crds: ## regenerate crds/ from the Rust API types
 	cargo run -q --locked -p agentsandbox-operator --bin crdgen > crds/agentsandbox.io_agentsandboxes.yaml
 	cp crds/agentsandbox.io_agentsandboxes.yaml charts/agentsandbox/files/crds/

@@ -8,19 +8,33 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 step "building release binaries"
 (cd "$ROOT" && cargo build --release --locked -p agentsandbox-operator)
-operator_bin=$ROOT/target/release/agentsandbox-operator
-tag=$(sha256sum "$operator_bin" | cut -c1-12)
-archive=$STATE/images/agentsandbox-operator-$tag.tar
-mkdir -p "$STATE/images"
-if [[ ! -f $archive ]]; then
-  step "building image agentsandbox.local/agentsandbox-operator:$tag"
-  python3 "$E2E_DIR/images/oci_image.py" --name "agentsandbox.local/agentsandbox-operator:$tag" \
-    --output "$archive.tmp" --elf="$operator_bin:/usr/local/bin/agentsandbox-operator" \
-    --entrypoint=/usr/local/bin/agentsandbox-operator --user=65532:65532
-  mv "$archive.tmp" "$archive"
-fi
-if [[ -S $CONTAINERD_SOCK ]]; then
-  /usr/bin/ctr -a "$CONTAINERD_SOCK" -n k8s.io images import "$archive" >/dev/null
-  step "imported agentsandbox.local/agentsandbox-operator:$tag"
-fi
-printf 'OPERATOR_IMAGE_REPOSITORY=agentsandbox.local/agentsandbox-operator\nOPERATOR_IMAGE_TAG=%s\n' "$tag" >"$STATE/images.env"
+
+# build_binary_image NAME: agentsandbox.local/NAME:<hash>, the release binary NAME with the
+# shared libraries it loads; prints the tag.
+build_binary_image() {
+  local name=$1 bin=$ROOT/target/release/$1 tag archive
+  tag=$(sha256sum "$bin" | cut -c1-12)
+  archive=$STATE/images/$name-$tag.tar
+  mkdir -p "$STATE/images"
+  if [[ ! -f $archive ]]; then
+    step "building image agentsandbox.local/$name:$tag" >&2
+    python3 "$E2E_DIR/images/oci_image.py" --name "agentsandbox.local/$name:$tag" \
+      --output "$archive.tmp" --elf="$bin:/usr/local/bin/$name" \
+      --entrypoint="/usr/local/bin/$name" --user=65532:65532
+    mv "$archive.tmp" "$archive"
+  fi
+  if [[ -S $CONTAINERD_SOCK ]]; then
+    /usr/bin/ctr -a "$CONTAINERD_SOCK" -n k8s.io images import "$archive" >/dev/null
+    step "imported agentsandbox.local/$name:$tag" >&2
+  fi
+  echo "$tag"
+}
+
+operator_tag=$(build_binary_image agentsandbox-operator)
+node_tag=$(build_binary_image agentsandbox-node)
+cat >"$STATE/images.env" <<ENV
+OPERATOR_IMAGE_REPOSITORY=agentsandbox.local/agentsandbox-operator
+OPERATOR_IMAGE_TAG=$operator_tag
+NODE_IMAGE_REPOSITORY=agentsandbox.local/agentsandbox-node
+NODE_IMAGE_TAG=$node_tag
+ENV

@@ -376,6 +376,7 @@ install_agentsandbox() {
   "$BIN/helm" upgrade --install agentsandbox "$ROOT/charts/agentsandbox" \
     --kubeconfig "$KUBECONFIG_ADMIN" --namespace "$AGENTSANDBOX_NAMESPACE" --create-namespace \
     --set image.repository="$OPERATOR_IMAGE_REPOSITORY" --set image.tag="$OPERATOR_IMAGE_TAG" \
+    --set node.image.repository="$NODE_IMAGE_REPOSITORY" --set node.image.tag="$NODE_IMAGE_TAG" \
     --set operator.runtimeClassName="$SANDBOX_RUNTIME_CLASS" \
     --wait --timeout 3m >/dev/null
   step "applying examples/quickstart.yaml"

@@ -143,6 +143,30 @@ async fn sandbox_becomes_running_and_ready_with_a_hardened_pod_on_the_node() {
         "PodCreated event, got: {events}"
     );
 
+    // Reconciling is idempotent: once Ready, nothing the operator owns keeps changing. (A
+    // fixed observation window: absence of change cannot be waited for. The sandbox itself is
+    // left out: the node agent reports its activity.)
+    let versions = || {
+        cluster
+            .kubectl_ok(&[
+                "-n",
+                &ns.name,
+                "get",
+                "networkpolicy/agent",
+                "pod/agent",
+                "-o",
+                "jsonpath={.items[*].metadata.resourceVersion}",
+            ])
+            .unwrap()
+    };
+    let before = versions();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        versions(),
+        before,
+        "owned objects keep changing: the reconcile loop is not idempotent"
+    );
+
     let listed = cluster.kubectl_ok(&["-n", &ns.name, "get", "asb"]).unwrap();
     assert!(
         listed.contains("PHASE") && listed.contains("ESCAPES") && listed.contains("Running"),

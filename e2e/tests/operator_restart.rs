@@ -12,8 +12,104 @@ use kube::ResourceExt;
 
 const SANDBOXES: usize = 50;
 
+/// Both tests disrupt the operator; they must not overlap.
+static OPERATOR_DISRUPTION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn lease_holder(cluster: &Cluster) -> String {
+    cluster
+        .kubectl_ok(&[
+            "-n",
+            AGENTSANDBOX_NAMESPACE,
+            "get",
+            "lease",
+            "agentsandbox-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn when_the_leader_goes_away_the_standby_takes_over() {
+    let _serial = OPERATOR_DISRUPTION.lock().await;
+    let cluster = Cluster::connect().await;
+    let replicas = cluster
+        .kubectl_ok(&[
+            "-n",
+            AGENTSANDBOX_NAMESPACE,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .unwrap();
+    let replicas: Vec<&str> = replicas.split_whitespace().collect();
+    assert_eq!(replicas.len(), 2, "the chart runs two replicas");
+    let leader = wait_until("a lease holder", Duration::from_secs(60), || async {
+        let holder = lease_holder(&cluster);
+        replicas.contains(&holder.as_str()).then_some(holder)
+    })
+    .await
+    .unwrap();
+    let standby = replicas.iter().find(|r| **r != leader).unwrap().to_string();
+
+    cluster
+        .kubectl_ok(&[
+            "-n",
+            AGENTSANDBOX_NAMESPACE,
+            "delete",
+            "pod",
+            &leader,
+            "--wait=false",
+        ])
+        .unwrap();
+    let new_leader = wait_until(
+        "the standby to take the lease",
+        Duration::from_secs(60),
+        || async {
+            let holder = lease_holder(&cluster);
+            (holder == standby).then_some(holder)
+        },
+    )
+    .await
+    .unwrap();
+    assert_ne!(new_leader, leader);
+
+    // The new leader reconciles.
+    let ns = cluster.namespace("asb-failover");
+    cluster
+        .apply(&sandbox_yaml(&ns.name, "after-failover", ""))
+        .unwrap();
+    let api: Api<AgentSandbox> = Api::namespaced(cluster.client.clone(), &ns.name);
+    wait_until(
+        "a sandbox created after failover to be Ready",
+        Duration::from_secs(120),
+        || async {
+            let s = api.get("after-failover").await.ok()?;
+            (s.condition("Ready")?.status == "True").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    cluster
+        .kubectl_ok(&[
+            "-n",
+            AGENTSANDBOX_NAMESPACE,
+            "rollout",
+            "status",
+            "deployment/agentsandbox-operator",
+            "--timeout=120s",
+        ])
+        .unwrap();
+}
+
 #[tokio::test]
 async fn killing_the_operator_mid_reconcile_of_50_sandboxes_loses_nothing() {
+    let _serial = OPERATOR_DISRUPTION.lock().await;
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("asb-crash");
     let manifest: Vec<String> = (0..SANDBOXES)

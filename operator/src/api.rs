@@ -489,6 +489,24 @@ pub struct AgentSandboxStatus {
     /// Escape attempts the runtime denied (written by the node agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<SecurityStatus>,
+
+    /// Activity of the sandbox's processes as its node measures it (written by the node
+    /// agent), used for lifetime.idleTimeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<ActivityStatus>,
+}
+
+/// Activity of the sandbox's processes, measured on its node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityStatus {
+    /// Last time the sandbox used CPU or moved network traffic (in either direction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active_time: Option<Time>,
+    /// Last time the node agent measured the sandbox; idleness is only judged on fresh
+    /// measurements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sample_time: Option<Time>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

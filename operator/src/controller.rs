@@ -18,6 +18,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::activity::parse_duration;
 use crate::api::{AgentSandbox, OperatingMode, ShutdownPolicy};
 use crate::metrics::Metrics;
 use crate::resources::{
@@ -31,15 +32,26 @@ pub const FIELD_MANAGER: &str = "agentsandbox-operator";
 pub const FINALIZER: &str = "agentsandbox.io/cleanup";
 /// How often a sandbox is looked at even when nothing changes (lifetimes, drift).
 const RESYNC: Duration = Duration::from_secs(300);
+/// Idleness is judged only on node measurements at most this old; without them (no node
+/// agent on the node, or it is down) a sandbox is never suspended for being idle.
+const ACTIVITY_MAX_AGE: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API call failed: {0}")]
+    #[error("Kubernetes API call failed: {}", describe_kube_error(.0))]
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("sandbox has no namespace")]
     NoNamespace,
+}
+
+/// An API error as its message and code, not the whole Status structure.
+fn describe_kube_error(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} (HTTP {})", status.message, status.code),
+        other => other.to_string(),
+    }
 }
 
 impl Error {
@@ -293,6 +305,45 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
     let mut pod = existing.filter(|p| owned_by(p, sandbox));
     let suspended = sandbox.spec.operating_mode == OperatingMode::Suspended;
 
+    if let (Some(timeout), Some(p), false, false) = (
+        lifetime.idle_timeout.as_deref().and_then(parse_duration),
+        pod.as_ref(),
+        suspended,
+        shut_down,
+    ) {
+        match idle_for(sandbox, p) {
+            Some(idle) if idle >= timeout => {
+                info!(sandbox = %name, %namespace, ?idle, "idle timeout: suspending");
+                let patch = json!({"spec": {"operatingMode": "Suspended"}});
+                sandboxes
+                    .patch(
+                        &name,
+                        &PatchParams {
+                            field_manager: Some(FIELD_MANAGER.into()),
+                            ..PatchParams::default()
+                        },
+                        &Patch::Merge(&patch),
+                    )
+                    .await?;
+                ctx.event(
+                    sandbox,
+                    EventType::Normal,
+                    "IdleTimeout",
+                    "Suspend",
+                    format!(
+                        "no CPU use and no network traffic for {}s (idleTimeout {}): suspended; set spec.operatingMode to Running to resume",
+                        idle.as_secs(),
+                        lifetime.idle_timeout.as_deref().unwrap_or_default()
+                    ),
+                )
+                .await;
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            Some(idle) => requeue = requeue.min(timeout - idle + Duration::from_secs(1)),
+            None => requeue = requeue.min(Duration::from_secs(30)),
+        }
+    }
+
     if name_conflict {
         warn!(sandbox = %name, %namespace, "a pod of the sandbox's name is owned by something else");
     } else if shut_down || suspended {
@@ -401,6 +452,34 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
         .patch_status(&name, &params, &Patch::Apply(&patch))
         .await?;
     Ok(Action::requeue(requeue))
+}
+
+/// How long the sandbox's pod has been idle, from fresh node measurements; `None` when there
+/// are none.
+fn idle_for(sandbox: &AgentSandbox, pod: &Pod) -> Option<Duration> {
+    let activity = sandbox.status.as_ref()?.activity.as_ref()?;
+    let sampled = activity.last_sample_time.as_ref()?;
+    if elapsed_since(sampled) > ACTIVITY_MAX_AGE {
+        return None;
+    }
+    let started = pod.status.as_ref()?.start_time.as_ref()?;
+    let last_active = activity
+        .last_active_time
+        .as_ref()
+        .filter(|a| a.0 > started.0)
+        .unwrap_or(started);
+    Some(elapsed_since(last_active))
+}
+
+fn elapsed_since(time: &Time) -> Duration {
+    let now = jiff::Timestamp::now();
+    if time.0 >= now {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(
+            u64::try_from(now.duration_since(time.0).as_millis()).unwrap_or(u64::MAX),
+        )
+    }
 }
 
 /// On delete: remove what the sandbox owns (the workspace only unless retained), then let the

@@ -1,10 +1,12 @@
 //! The agentsandbox operator: reconciles `AgentSandbox` resources into hardened pods, services,
 //! network policies and workspace volumes.
 
+pub mod activity;
 pub mod api;
 pub mod controller;
 pub mod leader;
 pub mod metrics;
+pub mod node;
 pub mod resources;
 pub mod status;
 

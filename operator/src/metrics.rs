@@ -30,6 +30,7 @@ pub struct Metrics {
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Histogram,
     sandboxes: Family<PhaseLabels, Gauge>,
+    resident_memory: Gauge,
 }
 
 impl Default for Metrics {
@@ -52,12 +53,19 @@ impl Default for Metrics {
             reconcile_duration.clone(),
         );
         registry.register("sandboxes", "AgentSandboxes by phase", sandboxes.clone());
+        let resident_memory = Gauge::default();
+        registry.register(
+            "resident_memory_bytes",
+            "Resident memory of the operator process",
+            resident_memory.clone(),
+        );
         Metrics {
             registry,
             reconciles,
             reconcile_errors,
             reconcile_duration,
             sandboxes,
+            resident_memory,
         }
     }
 }
@@ -98,9 +106,26 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        if let Some(bytes) = resident_memory_bytes() {
+            self.resident_memory.set(bytes);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// VmRSS of this process, from /proc/self/status.
+fn resident_memory_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: i64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }

@@ -493,8 +493,12 @@ pub fn desired_network_policy(
                 match_expressions: None,
             }),
             policy_types: Some(vec!["Ingress".to_string(), "Egress".to_string()]),
-            ingress: Some(ingress),
-            egress: Some(egress),
+            // An empty rule list is sent as absent: the API server drops `[]`, and applying
+            // `[]` against a stored "absent" counts as a change on every apply (a new
+            // generation, a watch event, another reconcile: a hot loop). Absent rules with
+            // both policy types listed deny everything, which is what empty means here.
+            ingress: (!ingress.is_empty()).then_some(ingress),
+            egress: (!egress.is_empty()).then_some(egress),
         }),
     }
 }

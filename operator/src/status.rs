@@ -225,6 +225,7 @@ pub fn observe(obs: &Observation) -> AgentSandboxStatus {
             .map(|_| service_fqdn(sandbox, obs.settings)),
         start_time: pod_status.and_then(|s| s.start_time.clone()),
         security: None,
+        activity: None,
     }
 }
 

@@ -215,8 +215,8 @@ fn default_egress_is_denied_with_no_exceptions() {
     let policy = desired_network_policy(&s, &settings());
     let spec = policy.spec.unwrap();
     assert_eq!(spec.policy_types.unwrap(), vec!["Ingress", "Egress"]);
-    assert_eq!(spec.egress.unwrap(), vec![]);
-    assert_eq!(spec.ingress.unwrap(), vec![]);
+    assert_eq!(spec.egress, None, "no egress rule: all egress denied");
+    assert_eq!(spec.ingress, None, "no ingress rule: all ingress denied");
     assert_eq!(
         spec.pod_selector.unwrap().match_labels.unwrap()[LABEL_NAME],
         "coder"
