@@ -389,16 +389,20 @@ spec:
 
 /// A pod that idles until deleted, for `kubectl exec` tests.
 pub fn idle_pod(namespace: &str, name: &str) -> String {
-    busybox_pod(
-        namespace,
-        name,
-        "trap 'exit 0' TERM; while true; do sleep 1; done",
-    )
+    busybox_pod(namespace, name, IDLE_LOOP)
 }
+
+/// What the test sandboxes run by default: idle, ending promptly on SIGTERM.
+pub const IDLE_LOOP: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
 
 /// A sandbox manifest running the local test image idle, with small resources so that many
 /// fit on the single node; `extra` is more YAML under `spec:` (indented two spaces).
 pub fn sandbox_yaml(namespace: &str, name: &str, extra: &str) -> String {
+    sandbox_yaml_running(namespace, name, IDLE_LOOP, extra)
+}
+
+/// [`sandbox_yaml`] running `script` with `sh -c`.
+pub fn sandbox_yaml_running(namespace: &str, name: &str, script: &str, extra: &str) -> String {
     format!(
         r#"apiVersion: agentsandbox.io/v1alpha1
 kind: AgentSandbox
@@ -407,13 +411,60 @@ metadata:
   namespace: {namespace}
 spec:
   image: {image}
-  command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 1; done"]
+  command: [sh, -c, {script}]
   resources:
     requests: {{cpu: 5m, memory: 8Mi}}
     limits: {{cpu: 200m, memory: 64Mi}}
 {extra}"#,
-        image = busybox_image()
+        image = busybox_image(),
+        script = serde_json::to_string(script).expect("a string serialises"),
     )
+}
+
+/// Waits until the sandbox `name` is Ready and returns it.
+pub async fn wait_sandbox_ready(
+    api: &kube::Api<agentsandbox_operator::api::AgentSandbox>,
+    name: &str,
+    timeout: Duration,
+) -> Result<agentsandbox_operator::api::AgentSandbox> {
+    wait_until(&format!("sandbox {name} Ready"), timeout, || async {
+        let sandbox = api.get(name).await.ok()?;
+        (sandbox.condition("Ready")?.status == "True").then_some(sandbox)
+    })
+    .await
+}
+
+/// Names of the operator's pods (the chart runs two replicas).
+pub fn operator_pods(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .kubectl_ok(&[
+            "-n",
+            AGENTSANDBOX_NAMESPACE,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .expect("listing the operator's pods")
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Waits until the operator's Deployment is fully available again.
+pub fn wait_operator_available(cluster: &Cluster) {
+    cluster
+        .kubectl_ok(&[
+            "-n",
+            AGENTSANDBOX_NAMESPACE,
+            "rollout",
+            "status",
+            "deployment/agentsandbox-operator",
+            "--timeout=120s",
+        ])
+        .expect("the operator Deployment becomes available");
 }
 
 /// The namespace the chart is installed in by `make up`.

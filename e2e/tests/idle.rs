@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use agentsandbox_e2e::{sandbox_yaml, wait_until, Cluster};
+use agentsandbox_e2e::{sandbox_yaml_running, wait_until, Cluster};
 use agentsandbox_operator::api::{AgentSandbox, OperatingMode, Phase};
 use kube::api::Api;
 
@@ -11,19 +11,18 @@ use kube::api::Api;
 async fn idle_timeout_suspends_a_sandbox_that_does_nothing_and_spares_one_that_works() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("asb-idle");
-    let idle = sandbox_yaml(
+    let idle = sandbox_yaml_running(
         &ns.name,
         "idle",
-        "  lifetime: {idleTimeout: 1m}\n  workspace: {size: 16Mi}\n",
-    )
-    .replace(
-        "trap 'exit 0' TERM; while true; do sleep 1; done",
         "exec sleep 100000",
+        "  lifetime: {idleTimeout: 1m}\n  workspace: {size: 16Mi}\n",
     );
     // Computes a little every second: never idle, whatever its network does.
-    let busy = sandbox_yaml(&ns.name, "busy", "  lifetime: {idleTimeout: 1m}\n").replace(
-        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    let busy = sandbox_yaml_running(
+        &ns.name,
+        "busy",
         "trap 'exit 0' TERM; while true; do i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; sleep 1; done",
+        "  lifetime: {idleTimeout: 1m}\n",
     );
     cluster.apply(&idle).unwrap();
     cluster.apply(&busy).unwrap();

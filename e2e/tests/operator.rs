@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use agentsandbox_e2e::{sandbox_yaml, wait_until, Cluster, AGENTSANDBOX_NAMESPACE};
+use agentsandbox_e2e::{
+    sandbox_yaml, sandbox_yaml_running, wait_sandbox_ready, wait_until, Cluster,
+    AGENTSANDBOX_NAMESPACE,
+};
 use agentsandbox_operator::api::{AgentSandbox, Phase};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -19,12 +22,9 @@ fn condition(sandbox: &AgentSandbox, type_: &str) -> Option<(String, String)> {
 }
 
 async fn wait_ready(api: &Api<AgentSandbox>, name: &str) -> AgentSandbox {
-    wait_until(&format!("sandbox {name} Ready"), READY, || async {
-        let s = api.get(name).await.ok()?;
-        (condition(&s, "Ready")?.0 == "True").then_some(s)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    wait_sandbox_ready(api, name, READY)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn wait_phase(api: &Api<AgentSandbox>, name: &str, phase: Phase) -> AgentSandbox {
@@ -302,14 +302,11 @@ async fn past_shutdown_time_ends_the_sandbox_per_its_policy() {
 async fn a_finished_sandbox_is_deleted_after_its_ttl() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("asb-ttl");
-    let manifest = sandbox_yaml(
+    let manifest = sandbox_yaml_running(
         &ns.name,
         "oneshot",
-        "  lifetime: {ttlSecondsAfterFinished: 3}\n",
-    )
-    .replace(
-        "trap 'exit 0' TERM; while true; do sleep 1; done",
         "echo done",
+        "  lifetime: {ttlSecondsAfterFinished: 3}\n",
     );
     cluster.apply(&manifest).unwrap();
     let api: Api<AgentSandbox> = Api::namespaced(cluster.client.clone(), &ns.name);

@@ -4,7 +4,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use agentsandbox_e2e::{sandbox_yaml, wait_until, Cluster, AGENTSANDBOX_NAMESPACE};
+use agentsandbox_e2e::{
+    operator_pods, sandbox_yaml, wait_operator_available, wait_sandbox_ready, wait_until, Cluster,
+    AGENTSANDBOX_NAMESPACE,
+};
 use agentsandbox_operator::api::AgentSandbox;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -35,27 +38,15 @@ fn lease_holder(cluster: &Cluster) -> String {
 async fn when_the_leader_goes_away_the_standby_takes_over() {
     let _serial = OPERATOR_DISRUPTION.lock().await;
     let cluster = Cluster::connect().await;
-    let replicas = cluster
-        .kubectl_ok(&[
-            "-n",
-            AGENTSANDBOX_NAMESPACE,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/component=operator",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ])
-        .unwrap();
-    let replicas: Vec<&str> = replicas.split_whitespace().collect();
+    let replicas = operator_pods(&cluster);
     assert_eq!(replicas.len(), 2, "the chart runs two replicas");
     let leader = wait_until("a lease holder", Duration::from_secs(60), || async {
         let holder = lease_holder(&cluster);
-        replicas.contains(&holder.as_str()).then_some(holder)
+        replicas.contains(&holder).then_some(holder)
     })
     .await
     .unwrap();
-    let standby = replicas.iter().find(|r| **r != leader).unwrap().to_string();
+    let standby = replicas.iter().find(|r| **r != leader).unwrap().clone();
 
     cluster
         .kubectl_ok(&[
@@ -85,26 +76,10 @@ async fn when_the_leader_goes_away_the_standby_takes_over() {
         .apply(&sandbox_yaml(&ns.name, "after-failover", ""))
         .unwrap();
     let api: Api<AgentSandbox> = Api::namespaced(cluster.client.clone(), &ns.name);
-    wait_until(
-        "a sandbox created after failover to be Ready",
-        Duration::from_secs(120),
-        || async {
-            let s = api.get("after-failover").await.ok()?;
-            (s.condition("Ready")?.status == "True").then_some(())
-        },
-    )
-    .await
-    .unwrap();
-    cluster
-        .kubectl_ok(&[
-            "-n",
-            AGENTSANDBOX_NAMESPACE,
-            "rollout",
-            "status",
-            "deployment/agentsandbox-operator",
-            "--timeout=120s",
-        ])
+    wait_sandbox_ready(&api, "after-failover", Duration::from_secs(120))
+        .await
         .unwrap();
+    wait_operator_available(&cluster);
 }
 
 #[tokio::test]
@@ -180,14 +155,5 @@ async fn killing_the_operator_mid_reconcile_of_50_sandboxes_loses_nothing() {
         );
     }
     // The replacement operator is back: its Deployment is fully available again.
-    cluster
-        .kubectl_ok(&[
-            "-n",
-            AGENTSANDBOX_NAMESPACE,
-            "rollout",
-            "status",
-            "deployment/agentsandbox-operator",
-            "--timeout=120s",
-        ])
-        .unwrap();
+    wait_operator_available(&cluster);
 }

@@ -7,7 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use agentsandbox_e2e::{busybox_pod, sandbox_yaml, wait_until, Cluster, AGENTSANDBOX_NAMESPACE};
+use agentsandbox_e2e::{
+    busybox_pod, operator_pods, sandbox_yaml, wait_sandbox_ready, wait_until, Cluster,
+    AGENTSANDBOX_NAMESPACE, IDLE_LOOP,
+};
 use agentsandbox_operator::api::AgentSandbox;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -35,11 +38,7 @@ async fn bare_pod_latencies(cluster: &Cluster, n: usize) -> Vec<Duration> {
     let mut samples = Vec::new();
     for i in 0..n {
         let name = format!("p{i:03}");
-        let manifest = busybox_pod(
-            &ns.name,
-            &name,
-            "trap 'exit 0' TERM; while true; do sleep 1; done",
-        );
+        let manifest = busybox_pod(&ns.name, &name, IDLE_LOOP);
         let started = Instant::now();
         cluster.apply(&manifest).unwrap();
         wait_until("pod Ready", Duration::from_secs(120), || async {
@@ -65,12 +64,9 @@ async fn sandbox_latencies(cluster: &Cluster, n: usize) -> Vec<Duration> {
         let name = format!("s{i:03}");
         let started = Instant::now();
         cluster.apply(&sandbox_yaml(&ns.name, &name, "")).unwrap();
-        wait_until("sandbox Ready", Duration::from_secs(120), || async {
-            let s = api.get(&name).await.ok()?;
-            (s.condition("Ready")?.status == "True").then_some(())
-        })
-        .await
-        .unwrap();
+        wait_sandbox_ready(&api, &name, Duration::from_secs(120))
+            .await
+            .unwrap();
         samples.push(started.elapsed());
     }
     samples
@@ -79,20 +75,9 @@ async fn sandbox_latencies(cluster: &Cluster, n: usize) -> Vec<Duration> {
 /// The leader's VmRSS, from the `agentsandbox_operator_resident_memory_bytes` gauge of
 /// whichever replica reports reconciles (the standby reports none).
 fn leader_rss(cluster: &Cluster) -> Option<(String, f64)> {
-    let pods = cluster
-        .kubectl_ok(&[
-            "-n",
-            AGENTSANDBOX_NAMESPACE,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/component=operator",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ])
-        .ok()?;
+    let pods = operator_pods(cluster);
     let mut best: Option<(String, f64, f64)> = None;
-    for pod in pods.split_whitespace() {
+    for pod in &pods {
         let path =
             format!("/api/v1/namespaces/{AGENTSANDBOX_NAMESPACE}/pods/{pod}:8080/proxy/metrics");
         let Ok(text) = cluster.kubectl_ok(&["get", "--raw", &path]) else {
