@@ -42,6 +42,8 @@ pub const ANNOTATION_SANDBOX_NAMESPACE: &str = "agentsandbox.io/sandbox-namespac
 pub const ANNOTATION_SANDBOX_UID: &str = "agentsandbox.io/sandbox-uid";
 pub const ANNOTATION_ON_ESCAPE: &str = "agentsandbox.io/on-escape-attempt";
 pub const ANNOTATION_SECCOMP: &str = "agentsandbox.io/seccomp-profile";
+/// Strict or Standard: whether the runtime forces a read-only root filesystem.
+pub const ANNOTATION_ISOLATION: &str = "agentsandbox.io/isolation-profile";
 
 pub const CONTAINER_NAME: &str = "agent";
 const TMP_VOLUME: &str = "tmp";
@@ -224,6 +226,14 @@ pub fn desired_pod(sandbox: &AgentSandbox, settings: &OperatorSettings) -> Pod {
     annotations.insert(
         ANNOTATION_ON_ESCAPE.to_string(),
         spec.security.on_escape_attempt.as_str().to_string(),
+    );
+    annotations.insert(
+        ANNOTATION_ISOLATION.to_string(),
+        match spec.isolation.profile {
+            IsolationProfile::Strict => "Strict",
+            IsolationProfile::Standard => "Standard",
+        }
+        .to_string(),
     );
     annotations.insert(
         ANNOTATION_SECCOMP.to_string(),

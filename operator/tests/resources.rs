@@ -91,6 +91,7 @@ fn runtime_gets_the_sandbox_identity_and_policies_as_annotations() {
     );
     assert_eq!(a[ANNOTATION_ON_ESCAPE], "Quarantine");
     assert_eq!(a[ANNOTATION_SECCOMP], "RuntimeDefault");
+    assert_eq!(a[ANNOTATION_ISOLATION], "Strict");
     assert_eq!(
         a[ANNOTATION_EGRESS],
         r#"{"mode":"Deny","allow":[],"dns":false}"#
@@ -189,6 +190,11 @@ fn standard_profile_has_a_writable_root_and_nothing_else_relaxed() {
     let pod = desired_pod(&s, &settings());
     let sc = agent(&pod).security_context.clone().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(false));
+    assert_eq!(
+        pod.metadata.annotations.as_ref().unwrap()[ANNOTATION_ISOLATION],
+        "Standard",
+        "the runtime is told too"
+    );
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(
         sc.capabilities.unwrap().drop.unwrap(),

@@ -1,0 +1,329 @@
+//! The hardening policy, as data: what the runtime refuses and what it enforces on every
+//! container's OCI spec, whatever the pod asked for. Pure functions over the spec containerd
+//! hands the shim (`config.json`), edited as JSON so that fields this code does not know are
+//! kept as they are. Nothing else in the shim decides security.
+
+pub mod seccomp;
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+/// Capabilities a sandbox may keep. Each acts only inside the sandbox's user namespace (its
+/// root is an unprivileged host user), and each is something ordinary tools need: file
+/// ownership and permission fixes, signalling own processes, switching own users, binding
+/// ports below 1024. Anything else requested is dropped.
+pub const ALLOWED_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_NET_BIND_SERVICE",
+];
+
+/// Paths under /proc and /sys that reveal the host or reach the kernel: hidden.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+    "/sys/fs/cgroup/release_agent",
+    "/sys/kernel/debug",
+    "/sys/kernel/security",
+];
+
+/// Paths that stay visible but read-only (writing /proc/sysrq-trigger would reach the host).
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/sys",
+];
+
+/// Namespaces every container must have of its own (or its pod's): a missing entry means the
+/// host's is shared (hostNetwork, hostPID, hostIPC).
+pub const REQUIRED_NAMESPACES: &[&str] = &["pid", "network", "ipc", "uts", "mount"];
+
+/// Host paths that may never be bind-mounted into a sandbox, exactly or anything below them.
+pub const FORBIDDEN_HOST_PATHS: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/root",
+    "/etc",
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/bin",
+    "/sbin",
+    "/var/lib/kubelet/pki",
+    "/var/lib/docker",
+    "/etc/kubernetes",
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+];
+
+/// containerd's root and state directories: refused, except the per-sandbox and
+/// per-container files CRI itself bind-mounts from below them (/dev/shm, hostname,
+/// resolv.conf).
+pub const CONTAINERD_DIRS: &[&str] = &[
+    "/var/lib/containerd",
+    "/run/containerd",
+    "/var/run/containerd",
+];
+const CRI_OWN_FILES: &[&str] = &[
+    "io.containerd.grpc.v1.cri/sandboxes/",
+    "io.containerd.grpc.v1.cri/containers/",
+];
+
+/// Host paths that may not be mounted themselves (their subdirectories may: the kubelet
+/// mounts volumes from below /var/lib/kubelet/pods, containerd from below /run/containerd/...
+/// is refused above).
+pub const FORBIDDEN_EXACT_HOST_PATHS: &[&str] = &[
+    "/",
+    "/var",
+    "/var/lib",
+    "/var/lib/kubelet",
+    "/run",
+    "/var/run",
+    "/home",
+];
+
+/// Default limit on the number of processes in a sandbox (fork bombs).
+pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+
+/// Why a container cannot be run safely. The message reaches `kubectl describe pod`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("agentsandbox refuses privileged containers: remove securityContext.privileged (the sandbox runtime cannot make a privileged container safe)")]
+    Privileged,
+    #[error("agentsandbox refuses containers sharing the host's {0} namespace: remove hostNetwork/hostPID/hostIPC from the pod")]
+    HostNamespace(String),
+    #[error("agentsandbox refuses to mount host path {host_path} at {destination}: it exposes the node; use a PersistentVolumeClaim or emptyDir instead")]
+    SensitiveHostPath {
+        host_path: String,
+        destination: String,
+    },
+    #[error("agentsandbox refuses host device {0}: sandboxes get no host devices")]
+    HostDevice(String),
+    #[error("agentsandbox refuses working directory {0}: a directory under /proc/self/fd can reach the host (CVE-2024-21626)")]
+    WorkingDirectoryInProcFd(String),
+    #[error("the OCI spec has no {0} section")]
+    MissingSection(&'static str),
+}
+
+/// Settings of one sandbox, from the pod annotations the operator wrote (passed to the shim by
+/// containerd's `pod_annotations`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxSettings {
+    /// Strict: read-only root filesystem. Standard: writable root.
+    pub read_only_root: bool,
+    pub pids_limit: i64,
+    /// Host uid/gid range the container's ids map onto (container id 0 = `host_start`).
+    pub id_range: Option<IdRange>,
+    /// The shim's seccomp notification socket, if it listens.
+    pub notify_socket: Option<String>,
+    /// Identifies the sandbox in notifications (`listenerMetadata`).
+    pub notify_metadata: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRange {
+    pub host_start: u32,
+    pub size: u32,
+}
+
+impl SandboxSettings {
+    /// Reads the operator's annotations; missing ones take the strictest value.
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> SandboxSettings {
+        let profile = annotations
+            .get("agentsandbox.io/isolation-profile")
+            .map(String::as_str)
+            .unwrap_or("Strict");
+        SandboxSettings {
+            read_only_root: profile != "Standard",
+            pids_limit: DEFAULT_PIDS_LIMIT,
+            id_range: None,
+            notify_socket: None,
+            notify_metadata: annotations
+                .get("agentsandbox.io/sandbox-uid")
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_bind(mount: &Value) -> bool {
+    mount["type"].as_str() == Some("bind")
+        || strings(&mount["options"])
+            .iter()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+fn forbidden_host_path(source: &str) -> bool {
+    let source = source.trim_end_matches('/');
+    let source = if source.is_empty() { "/" } else { source };
+    let within = |dir: &str| source == dir || source.starts_with(&format!("{dir}/"));
+    let containerd_internal = CONTAINERD_DIRS.iter().any(|dir| {
+        within(dir)
+            && !CRI_OWN_FILES
+                .iter()
+                .any(|own| source.starts_with(&format!("{dir}/{own}")))
+    });
+    FORBIDDEN_EXACT_HOST_PATHS.contains(&source)
+        || containerd_internal
+        || FORBIDDEN_HOST_PATHS.iter().any(|p| within(p))
+}
+
+/// Refusals first (nothing is changed when one applies), then enforcement.
+pub fn apply_hardening(spec: &mut Value, settings: &SandboxSettings) -> Result<(), PolicyError> {
+    check_refusals(spec)?;
+    enforce(spec, settings);
+    Ok(())
+}
+
+/// What cannot be made safe.
+pub fn check_refusals(spec: &Value) -> Result<(), PolicyError> {
+    let linux = spec
+        .get("linux")
+        .ok_or(PolicyError::MissingSection("linux"))?;
+    let process = spec
+        .get("process")
+        .ok_or(PolicyError::MissingSection("process"))?;
+
+    // Kubernetes' privileged mode shows as: no masked paths, no read-only paths, and the full
+    // capability set including CAP_SYS_ADMIN.
+    let bounding = strings(&process["capabilities"]["bounding"]);
+    if bounding.iter().any(|c| c == "CAP_SYS_ADMIN")
+        && strings(&linux["maskedPaths"]).is_empty()
+        && strings(&linux["readonlyPaths"]).is_empty()
+    {
+        return Err(PolicyError::Privileged);
+    }
+
+    let present: Vec<String> = linux["namespaces"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n["type"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    for required in REQUIRED_NAMESPACES {
+        if !present.iter().any(|p| p == required) {
+            return Err(PolicyError::HostNamespace((*required).to_string()));
+        }
+    }
+
+    for mount in spec["mounts"].as_array().into_iter().flatten() {
+        if !is_bind(mount) {
+            continue;
+        }
+        let source = mount["source"].as_str().unwrap_or_default();
+        if forbidden_host_path(source) {
+            return Err(PolicyError::SensitiveHostPath {
+                host_path: source.to_string(),
+                destination: mount["destination"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
+    }
+
+    if let Some(device) = linux["devices"].as_array().and_then(|d| d.first()) {
+        return Err(PolicyError::HostDevice(
+            device["path"].as_str().unwrap_or("?").to_string(),
+        ));
+    }
+
+    let cwd = process["cwd"].as_str().unwrap_or("/");
+    if cwd.starts_with("/proc/self/fd") || cwd.starts_with("/proc/thread-self/fd") {
+        return Err(PolicyError::WorkingDirectoryInProcFd(cwd.to_string()));
+    }
+    Ok(())
+}
+
+fn union(existing: &Value, ours: &[&str]) -> Value {
+    let mut all = strings(existing);
+    for path in ours {
+        if !all.iter().any(|p| p == path) {
+            all.push((*path).to_string());
+        }
+    }
+    json!(all)
+}
+
+/// What is enforced whatever the pod asked for.
+fn enforce(spec: &mut Value, settings: &SandboxSettings) {
+    let process = &mut spec["process"];
+    process["noNewPrivileges"] = json!(true);
+    let kept: Vec<String> = strings(&process["capabilities"]["bounding"])
+        .into_iter()
+        .filter(|c| ALLOWED_CAPABILITIES.contains(&c.as_str()))
+        .collect();
+    process["capabilities"] = json!({
+        "bounding": kept,
+        "effective": kept,
+        "permitted": kept,
+        "inheritable": [],
+        "ambient": [],
+    });
+
+    if settings.read_only_root {
+        spec["root"]["readonly"] = json!(true);
+    }
+
+    let linux = &mut spec["linux"];
+    linux["maskedPaths"] = union(&linux["maskedPaths"], MASKED_PATHS);
+    linux["readonlyPaths"] = union(&linux["readonlyPaths"], READONLY_PATHS);
+    linux["devices"] = json!([]);
+
+    let requested = linux["resources"]["pids"]["limit"]
+        .as_i64()
+        .filter(|l| *l > 0);
+    linux["resources"]["pids"]["limit"] =
+        json!(requested.map_or(settings.pids_limit, |r| r.min(settings.pids_limit)));
+
+    linux["seccomp"] =
+        seccomp::agent_profile(settings.notify_socket.as_deref(), &settings.notify_metadata);
+
+    if let Some(range) = settings.id_range {
+        let namespaces = linux["namespaces"]
+            .as_array_mut()
+            .expect("checked in check_refusals");
+        // Kubernetes' own user namespaces (hostUsers: false) come with their mappings: keep.
+        if !namespaces.iter().any(|n| n["type"] == "user") {
+            namespaces.push(json!({"type": "user"}));
+            let mapping =
+                json!([{"containerID": 0, "hostID": range.host_start, "size": range.size}]);
+            linux["uidMappings"] = mapping.clone();
+            linux["gidMappings"] = mapping;
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The hardening policy on OCI specs shaped like the ones containerd's CRI writes.
+
+use std::collections::BTreeMap;
+
+use agentsandbox_shim::policy::seccomp::{self, category_of, NOTIFIED};
+use agentsandbox_shim::policy::*;
+use serde_json::{json, Value};
+
+/// A container spec as containerd 1.6 CRI writes it for an ordinary pod container.
+fn cri_spec() -> Value {
+    json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh", "-c", "sleep 1000"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"],
+                "effective": ["CAP_CHOWN", "CAP_KILL"],
+                "permitted": ["CAP_CHOWN", "CAP_KILL"],
+                "inheritable": ["CAP_CHOWN"],
+                "ambient": ["CAP_CHOWN"]
+            },
+            "noNewPrivileges": false,
+            "oomScoreAdj": 1000
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/kubelet/pods/abc/etc-hosts", "options": ["rbind", "rprivate", "rw"]},
+            {"destination": "/dev/shm", "type": "bind", "source": "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/x/shm", "options": ["rbind", "ro"]},
+            {"destination": "/etc/resolv.conf", "type": "bind", "source": "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/x/resolv.conf", "options": ["rbind", "ro"]}
+        ],
+        "linux": {
+            "resources": {"pids": {"limit": 0}},
+            "cgroupsPath": "/kubepods/burstable/podabc/c1",
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc", "path": "/proc/42/ns/ipc"}, {"type": "uts", "path": "/proc/42/ns/uts"},
+                {"type": "mount"}, {"type": "network", "path": "/var/run/netns/cni-1"}
+            ],
+            "maskedPaths": ["/proc/acpi", "/proc/kcore"],
+            "readonlyPaths": ["/proc/bus", "/proc/sys"],
+            "seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}
+        },
+        "annotations": {"io.kubernetes.cri.container-type": "container"}
+    })
+}
+
+fn settings() -> SandboxSettings {
+    SandboxSettings {
+        read_only_root: true,
+        pids_limit: DEFAULT_PIDS_LIMIT,
+        id_range: Some(IdRange {
+            host_start: 100_000,
+            size: 65_536,
+        }),
+        notify_socket: Some("/run/agentsandbox/notify.sock".into()),
+        notify_metadata: "sandbox-uid".into(),
+    }
+}
+
+fn hardened() -> Value {
+    let mut spec = cri_spec();
+    apply_hardening(&mut spec, &settings()).expect("an ordinary container is accepted");
+    spec
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn capabilities_are_cut_to_the_reviewed_set_and_nothing_is_inherited() {
+    let spec = hardened();
+    let caps = &spec["process"]["capabilities"];
+    let bounding = strings(&caps["bounding"]);
+    for cap in [
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_SYS_CHROOT",
+        "CAP_AUDIT_WRITE",
+    ] {
+        assert!(!bounding.contains(&cap.to_string()), "{cap} kept");
+    }
+    assert!(bounding
+        .iter()
+        .all(|c| ALLOWED_CAPABILITIES.contains(&c.as_str())));
+    assert!(bounding.contains(&"CAP_CHOWN".to_string()));
+    assert_eq!(caps["effective"], caps["bounding"]);
+    assert_eq!(caps["inheritable"], json!([]));
+    assert_eq!(caps["ambient"], json!([]));
+}
+
+#[test]
+fn a_pod_that_dropped_all_capabilities_keeps_none() {
+    let mut spec = cri_spec();
+    spec["process"]["capabilities"] = json!({"bounding": [], "effective": [], "permitted": []});
+    apply_hardening(&mut spec, &settings()).unwrap();
+    assert_eq!(spec["process"]["capabilities"]["bounding"], json!([]));
+}
+
+#[test]
+fn no_new_privileges_and_read_only_root_are_forced() {
+    let spec = hardened();
+    assert_eq!(spec["process"]["noNewPrivileges"], json!(true));
+    assert_eq!(spec["root"]["readonly"], json!(true));
+    let mut standard = cri_spec();
+    let settings = SandboxSettings {
+        read_only_root: false,
+        ..settings()
+    };
+    apply_hardening(&mut standard, &settings).unwrap();
+    assert_eq!(
+        standard["root"]["readonly"],
+        json!(false),
+        "Standard profile: writable root"
+    );
+}
+
+#[test]
+fn host_revealing_proc_and_sys_paths_are_masked_or_read_only() {
+    let spec = hardened();
+    let masked = strings(&spec["linux"]["maskedPaths"]);
+    for path in [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/sys/firmware",
+        "/proc/acpi",
+    ] {
+        assert!(masked.contains(&path.to_string()), "{path} not masked");
+    }
+    assert_eq!(
+        masked.iter().filter(|p| *p == "/proc/acpi").count(),
+        1,
+        "no duplicates"
+    );
+    let readonly = strings(&spec["linux"]["readonlyPaths"]);
+    for path in ["/proc/sysrq-trigger", "/proc/sys", "/sys"] {
+        assert!(readonly.contains(&path.to_string()), "{path} not read-only");
+    }
+}
+
+#[test]
+fn pids_are_limited_and_a_lower_pod_limit_is_kept() {
+    assert_eq!(
+        hardened()["linux"]["resources"]["pids"]["limit"],
+        json!(DEFAULT_PIDS_LIMIT)
+    );
+    let mut spec = cri_spec();
+    spec["linux"]["resources"]["pids"]["limit"] = json!(64);
+    apply_hardening(&mut spec, &settings()).unwrap();
+    assert_eq!(spec["linux"]["resources"]["pids"]["limit"], json!(64));
+    spec["linux"]["resources"]["pids"]["limit"] = json!(1_000_000);
+    apply_hardening(&mut spec, &settings()).unwrap();
+    assert_eq!(
+        spec["linux"]["resources"]["pids"]["limit"],
+        json!(DEFAULT_PIDS_LIMIT)
+    );
+}
+
+#[test]
+fn container_root_maps_to_an_unprivileged_host_range_in_a_new_user_namespace() {
+    let spec = hardened();
+    assert!(spec["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["type"] == "user"));
+    let mapping = json!([{"containerID": 0, "hostID": 100_000, "size": 65_536}]);
+    assert_eq!(spec["linux"]["uidMappings"], mapping);
+    assert_eq!(spec["linux"]["gidMappings"], mapping);
+}
+
+#[test]
+fn kubernetes_own_user_namespace_is_kept() {
+    let mut spec = cri_spec();
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 1_000_000, "size": 65_536}]);
+    apply_hardening(&mut spec, &settings()).unwrap();
+    assert_eq!(spec["linux"]["uidMappings"][0]["hostID"], json!(1_000_000));
+    let users = spec["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["type"] == "user")
+        .count();
+    assert_eq!(users, 1);
+}
+
+#[test]
+fn the_pods_seccomp_profile_is_replaced_by_the_agent_profile() {
+    let spec = hardened();
+    let profile = &spec["linux"]["seccomp"];
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+    assert_eq!(profile["defaultErrnoRet"], json!(seccomp::EPERM));
+    assert_eq!(profile["listenerPath"], "/run/agentsandbox/notify.sock");
+    assert_eq!(profile["listenerMetadata"], "sandbox-uid");
+}
+
+fn action_for(profile: &Value, syscall: &str) -> Vec<String> {
+    profile["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| strings(&r["names"]).iter().any(|n| n == syscall))
+        .map(|r| r["action"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn escape_syscalls_are_notified_and_never_allowed() {
+    let profile = seccomp::agent_profile(Some("/run/notify.sock"), "m");
+    for syscall in [
+        "mount",
+        "umount2",
+        "unshare",
+        "setns",
+        "ptrace",
+        "bpf",
+        "keyctl",
+        "add_key",
+        "request_key",
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "init_module",
+        "finit_module",
+        "open_by_handle_at",
+        "perf_event_open",
+        "userfaultfd",
+        "process_vm_readv",
+        "process_vm_writev",
+        "kexec_load",
+        "pivot_root",
+        "fsopen",
+        "move_mount",
+        "open_tree",
+        "pidfd_getfd",
+        "kcmp",
+    ] {
+        assert_eq!(
+            action_for(&profile, syscall),
+            vec!["SCMP_ACT_NOTIFY"],
+            "{syscall}"
+        );
+        assert!(category_of(syscall).is_some(), "{syscall} has a category");
+    }
+}
+
+#[test]
+fn without_a_listener_escape_syscalls_are_still_denied() {
+    let profile = seccomp::agent_profile(None, "");
+    assert_eq!(action_for(&profile, "unshare"), vec!["SCMP_ACT_ERRNO"]);
+    assert!(profile.get("listenerPath").is_none());
+}
+
+#[test]
+fn clone_is_allowed_only_without_namespace_flags_and_clone3_falls_back() {
+    let profile = seccomp::agent_profile(Some("/run/notify.sock"), "m");
+    let clone_rules: Vec<&Value> = profile["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["names"] == json!(["clone"]))
+        .collect();
+    let allow = clone_rules
+        .iter()
+        .find(|r| r["action"] == "SCMP_ACT_ALLOW")
+        .unwrap();
+    assert_eq!(allow["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+    assert_eq!(allow["args"][0]["value"], json!(0));
+    assert_eq!(
+        allow["args"][0]["valueTwo"],
+        json!(0x7E02_0000u64),
+        "CLONE_NEW* mask"
+    );
+    assert_eq!(
+        clone_rules
+            .iter()
+            .filter(|r| r["action"] == "SCMP_ACT_NOTIFY")
+            .count(),
+        7
+    );
+    assert_eq!(category_of("clone"), Some("namespace"));
+    let clone3 = profile["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["names"] == json!(["clone3"]))
+        .unwrap();
+    assert_eq!(clone3["errnoRet"], json!(seccomp::ENOSYS));
+}
+
+#[test]
+fn allowlist_and_notify_list_do_not_overlap_and_everyday_calls_are_allowed() {
+    for n in NOTIFIED {
+        assert!(
+            !seccomp::ALLOWED.contains(&n.syscall),
+            "{} both allowed and notified",
+            n.syscall
+        );
+    }
+    let mut sorted = seccomp::ALLOWED.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        seccomp::ALLOWED.len(),
+        "duplicates in the allowlist"
+    );
+    for everyday in [
+        "read",
+        "write",
+        "openat",
+        "execve",
+        "mmap",
+        "futex",
+        "socket",
+        "connect",
+        "epoll_wait",
+        "exit_group",
+        "wait4",
+        "getrandom",
+    ] {
+        assert!(
+            seccomp::ALLOWED.contains(&everyday),
+            "{everyday} must be allowed"
+        );
+    }
+}
+
+#[test]
+fn privileged_containers_are_refused() {
+    let mut spec = cri_spec();
+    spec["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN", "CAP_NET_ADMIN"]);
+    spec["linux"]["maskedPaths"] = json!([]);
+    spec["linux"]["readonlyPaths"] = json!([]);
+    let before = spec.clone();
+    assert_eq!(
+        apply_hardening(&mut spec, &settings()),
+        Err(PolicyError::Privileged)
+    );
+    assert_eq!(spec, before, "a refused spec is left untouched");
+}
+
+#[test]
+fn cap_sys_admin_requested_by_an_unprivileged_pod_is_dropped_not_refused() {
+    let mut spec = cri_spec();
+    spec["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN", "CAP_CHOWN"]);
+    apply_hardening(&mut spec, &settings()).unwrap();
+    assert_eq!(
+        spec["process"]["capabilities"]["bounding"],
+        json!(["CAP_CHOWN"])
+    );
+}
+
+#[test]
+fn host_namespaces_are_refused() {
+    for shared in ["network", "pid", "ipc", "uts", "mount"] {
+        let mut spec = cri_spec();
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != shared);
+        assert_eq!(
+            apply_hardening(&mut spec, &settings()),
+            Err(PolicyError::HostNamespace(shared.to_string())),
+            "{shared}"
+        );
+    }
+}
+
+#[test]
+fn host_paths_into_the_node_are_refused_and_kubelet_volumes_are_not() {
+    let refused = [
+        "/",
+        "/etc",
+        "/etc/shadow",
+        "/proc",
+        "/proc/1/root",
+        "/sys/fs/cgroup",
+        "/dev/sda",
+        "/root/.ssh",
+        "/var/lib/kubelet",
+        "/var/lib/kubelet/pki",
+        "/var/run/docker.sock",
+        "/run/containerd/containerd.sock",
+        "/var/lib/containerd/io.containerd.content.v1.content",
+        "/usr/bin",
+        "/var",
+        "/run",
+        "/home",
+    ];
+    for source in refused {
+        let mut spec = cri_spec();
+        spec["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/host", "type": "bind", "source": source, "options": ["rbind", "rw"]
+        }));
+        assert!(
+            matches!(
+                apply_hardening(&mut spec, &settings()),
+                Err(PolicyError::SensitiveHostPath { .. })
+            ),
+            "{source} was accepted"
+        );
+    }
+    for accepted in [
+        "/var/lib/kubelet/pods/abc/volumes/kubernetes.io~empty-dir/tmp",
+        "/srv/data",
+        "/mnt/datasets",
+    ] {
+        let mut spec = cri_spec();
+        spec["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": accepted, "options": ["rbind"]
+        }));
+        assert!(
+            apply_hardening(&mut spec, &settings()).is_ok(),
+            "{accepted} was refused"
+        );
+    }
+}
+
+#[test]
+fn refusal_messages_tell_the_user_what_to_change() {
+    let message = PolicyError::SensitiveHostPath {
+        host_path: "/etc".into(),
+        destination: "/host".into(),
+    }
+    .to_string();
+    assert!(
+        message.contains("/etc") && message.contains("PersistentVolumeClaim"),
+        "{message}"
+    );
+    assert!(PolicyError::HostNamespace("network".into())
+        .to_string()
+        .contains("hostNetwork"));
+}
+
+#[test]
+fn host_devices_are_refused() {
+    let mut spec = cri_spec();
+    spec["linux"]["devices"] =
+        json!([{"path": "/dev/nvidia0", "type": "c", "major": 195, "minor": 0}]);
+    assert_eq!(
+        apply_hardening(&mut spec, &settings()),
+        Err(PolicyError::HostDevice("/dev/nvidia0".into()))
+    );
+}
+
+#[test]
+fn a_working_directory_under_proc_self_fd_is_refused() {
+    let mut spec = cri_spec();
+    spec["process"]["cwd"] = json!("/proc/self/fd/7");
+    assert!(matches!(
+        apply_hardening(&mut spec, &settings()),
+        Err(PolicyError::WorkingDirectoryInProcFd(_))
+    ));
+}
+
+#[test]
+fn unknown_fields_of_the_spec_survive() {
+    let mut spec = cri_spec();
+    spec["linux"]["intelRdt"] = json!({"closID": "x"});
+    spec["hooks"] = json!({"prestart": []});
+    apply_hardening(&mut spec, &settings()).unwrap();
+    assert_eq!(spec["linux"]["intelRdt"]["closID"], "x");
+    assert_eq!(spec["hooks"], json!({"prestart": []}));
+    assert_eq!(
+        spec["linux"]["cgroupsPath"],
+        "/kubepods/burstable/podabc/c1"
+    );
+}
+
+#[test]
+fn settings_come_from_the_operators_annotations_and_default_to_strict() {
+    let strict = SandboxSettings::from_annotations(&BTreeMap::new());
+    assert!(strict.read_only_root);
+    let standard = SandboxSettings::from_annotations(&BTreeMap::from([
+        (
+            "agentsandbox.io/isolation-profile".to_string(),
+            "Standard".to_string(),
+        ),
+        ("agentsandbox.io/sandbox-uid".to_string(), "u-1".to_string()),
+    ]));
+    assert!(!standard.read_only_root);
+    assert_eq!(standard.notify_metadata, "u-1");
+}
