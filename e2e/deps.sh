@@ -115,6 +115,20 @@ build_pause() {
   publish "$out.tmp" "$out"
 }
 
+# The escape-attempt test program (e2e/images/attack.c), static so it runs in any image.
+build_attack() {
+  local src=$E2E_DIR/images/attack.c
+  ATTACK_TAG=$(sha256sum "$src" | cut -c1-12)
+  local out=$CACHE/attack-$ATTACK_TAG
+  ATTACK_BIN=$out/agentsandbox-attack
+  [[ -x $ATTACK_BIN ]] && return
+  step "building the static escape-attempt test program"
+  rm -rf "$out.tmp"
+  mkdir -p "$out.tmp"
+  gcc -static -O2 -Wall -Werror -o "$out.tmp/agentsandbox-attack" "$src"
+  publish "$out.tmp" "$out"
+}
+
 # build_image NAME TAG ARGS...: an OCI archive from local files (see e2e/images/oci_image.py),
 # cached under a key of its inputs.
 build_image() {
@@ -150,7 +164,11 @@ build_images() {
   build_image agentsandbox.local/local-path-provisioner "$LOCAL_PATH_VERSION" \
     --file="$CACHE/tools/local-path-provisioner-$LOCAL_PATH_VERSION/local-path-provisioner:/local-path-provisioner:0755" \
     --entrypoint=/local-path-provisioner
+  build_image agentsandbox.local/attack "$ATTACK_TAG" --busybox=/bin/busybox \
+    --file="$ATTACK_BIN:/usr/local/bin/agentsandbox-attack:0755" --cmd=/bin/sh
   printf '%s\n' "${IMAGE_ARCHIVES[@]}" >"$STATE/image-archives"
+  # Test images whose tags are content hashes, for the e2e tests.
+  printf 'ATTACK_IMAGE=agentsandbox.local/attack:%s\n' "$ATTACK_TAG" >"$STATE/test-images.env"
 }
 
 main() {
@@ -169,6 +187,7 @@ main() {
   go_install coredns "github.com/coredns/coredns@$COREDNS_VERSION"
   go_install local-path-provisioner "github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION"
   build_pause
+  build_attack
   build_images
   step "dependencies ready ($(du -sh "$CACHE" | cut -f1) in $CACHE)"
 }

@@ -81,7 +81,8 @@ remove_iptables_rules() {
 unmount_state() {
   local target
   # Deepest first; the state directory and the run directory hold every mount we made.
-  for target in $(findmnt -rn -o TARGET | grep -E "^($STATE|$RUN)(/|$)" | sort -r); do
+  # /run/agentsandbox is the shim's own state (pinned user namespaces, idmapped layers).
+  for target in $(findmnt -rn -o TARGET | grep -E "^($STATE|$RUN|/run/agentsandbox)(/|$)" | sort -r); do
     umount "$target" 2>/dev/null || umount -l "$target" 2>/dev/null
   done
 }
@@ -151,7 +152,7 @@ main() {
   restore_sysctls
   # Keep logs for a post-mortem; everything else goes.
   find "$STATE" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
-  rm -rf "$RUN"
+  rm -rf "$RUN" /run/agentsandbox
   # Directories containerd's runc shims create under /run/containerd whatever our state path
   # is; removed only when empty (another containerd may use them).
   rmdir /run/containerd/runc/k8s.io /run/containerd/runc /run/containerd/s /run/containerd 2>/dev/null

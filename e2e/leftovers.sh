@@ -19,12 +19,17 @@ for exe in /proc/[0-9]*/exe; do
     "$CACHE"/* | /usr/bin/containerd | /usr/bin/containerd-shim* | /usr/sbin/runc | /usr/bin/runc)
       found "process $pid: $target $(tr '\0' ' ' <"/proc/$pid/cmdline" | cut -c1-120)"
       ;;
+    /memfd:*)
+      # The agentsandbox shim runs from a sealed in-memory copy of itself.
+      cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)
+      [[ $cmdline == *containerd-shim-agentsandbox* ]] && found "process $pid: sealed shim $(cut -c1-120 <<<"$cmdline")"
+      ;;
   esac
 done
 
 while read -r target; do
   found "mount: $target"
-done < <(findmnt -rn -o TARGET | grep -E "^($STATE|$RUN)(/|$)|^/run/netns/cni-")
+done < <(findmnt -rn -o TARGET | grep -E "^($STATE|$RUN|/run/agentsandbox)(/|$)|^/run/netns/cni-")
 
 while read -r ns; do
   found "network namespace: $ns"

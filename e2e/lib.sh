@@ -22,10 +22,10 @@ KUBECONFIG_ADMIN=$STATE/kubeconfig
 CONTAINERD_SOCK=$RUN/containerd.sock
 GUARD_CHAIN=AGENTSANDBOX-E2E-GUARD
 AGENTSANDBOX_NAMESPACE=agentsandbox-system
-# RuntimeClass the operator gives sandbox pods. Empty until the agentsandbox shim is installed
-# on this cluster: sandboxes then run under runc with pod-level hardening only, and their
-# Hardened condition says so.
-SANDBOX_RUNTIME_CLASS=${SANDBOX_RUNTIME_CLASS:-}
+# RuntimeClass the operator gives sandbox pods: the agentsandbox shim, which up.sh installs
+# into this cluster's containerd. Set it empty to run sandboxes under runc with pod-level
+# hardening only (their Hardened condition then says so).
+SANDBOX_RUNTIME_CLASS=${SANDBOX_RUNTIME_CLASS-agentsandbox}
 
 export PATH="$BIN:$PATH"
 export GOFLAGS=-buildvcs=false
@@ -111,6 +111,17 @@ write_if_changed() {
     rm -f "$tmp"
   else
     mv "$tmp" "$file"
+  fi
+}
+
+# install_if_changed SRC DST: copies an executable unless DST already has the same content
+# (a new file, never rewritten in place: running copies keep their inode).
+install_if_changed() {
+  local src=$1 dst=$2
+  mkdir -p "$(dirname "$dst")"
+  if ! cmp -s "$src" "$dst"; then
+    install -m 0755 "$src" "$dst.tmp"
+    mv -f "$dst.tmp" "$dst"
   fi
 }
 

@@ -279,6 +279,14 @@ runtime_stanzas() {
   return 0
 }
 
+# The product's release binaries; the shim goes onto containerd's PATH (the chart's node agent
+# does this on real clusters).
+build_product() {
+  step "building release binaries (operator, node agent, shim)"
+  (cd "$ROOT" && cargo build --release --locked -p agentsandbox-operator -p agentsandbox-shim)
+  install_if_changed "$ROOT/target/release/containerd-shim-agentsandbox-v1" "$BIN/containerd-shim-agentsandbox-v1"
+}
+
 start_containerd() {
   write_containerd_config
   start_daemon containerd /usr/bin/containerd --config "$STATE/containerd/config.toml"
@@ -394,6 +402,7 @@ main() {
   start_etcd
   start_apiserver
   start_controllers
+  build_product
   start_containerd
   import_images
   start_kubelet

@@ -469,3 +469,146 @@ pub fn wait_operator_available(cluster: &Cluster) {
 
 /// The namespace the chart is installed in by `make up`.
 pub const AGENTSANDBOX_NAMESPACE: &str = "agentsandbox-system";
+
+/// The RuntimeClass of the agentsandbox shim.
+pub const RUNTIME_CLASS: &str = "agentsandbox";
+
+/// The locally built escape-attempt test image (`e2e/images/attack.c` + busybox).
+pub fn attack_image() -> String {
+    let path = state_dir().join("test-images.env");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{} is missing ({e}): run `make up`", path.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix("ATTACK_IMAGE="))
+        .map(String::from)
+        .expect("ATTACK_IMAGE in test-images.env")
+}
+
+/// A pod of `image` running `script`, under `runtime_class` (None: the cluster's default,
+/// runc) with the RuntimeDefault seccomp profile, as a careful user would write it.
+pub fn runtime_pod(
+    namespace: &str,
+    name: &str,
+    runtime_class: Option<&str>,
+    image: &str,
+    script: &str,
+) -> String {
+    let runtime = runtime_class
+        .map(|r| format!("  runtimeClassName: {r}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+{runtime}  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  securityContext:
+    seccompProfile: {{type: RuntimeDefault}}
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, {script}]
+"#,
+        script = serde_json::to_string(script).expect("a string serialises"),
+    )
+}
+
+impl Cluster {
+    /// Waits for `kubectl wait --for=<condition>` on a pod.
+    pub fn wait_pod(&self, namespace: &str, pod: &str, condition: &str) -> Result<()> {
+        self.kubectl_ok(&[
+            "-n",
+            namespace,
+            "wait",
+            &format!("--for={condition}"),
+            &format!("pod/{pod}"),
+            "--timeout=90s",
+        ])
+        .map(|_| ())
+    }
+
+    /// A jsonpath of a pod.
+    pub fn pod_field(&self, namespace: &str, pod: &str, jsonpath: &str) -> Result<String> {
+        self.kubectl_ok(&[
+            "-n",
+            namespace,
+            "get",
+            "pod",
+            pod,
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ])
+        .map(|s| s.trim().to_string())
+    }
+
+    /// `kubectl exec POD -- ARGS`: (exit code, stdout, stderr).
+    pub fn exec(&self, namespace: &str, pod: &str, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["-n", namespace, "exec", pod, "--"];
+        all.extend_from_slice(args);
+        let output = self.kubectl(&all);
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+/// The cluster containerd's CRI socket (from the config up.sh wrote).
+pub fn containerd_socket() -> String {
+    let config = std::fs::read_to_string(state_dir().join("containerd/config.toml"))
+        .expect("containerd config written by e2e/up.sh");
+    config
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("address = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .find(|a| !a.ends_with(".ttrpc"))
+        .expect("containerd grpc address")
+}
+
+/// `crictl ARGS` against the cluster's containerd.
+pub fn crictl(args: &[&str]) -> Result<String> {
+    let output = Command::new(state_dir().join("bin/crictl"))
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", containerd_socket()))
+        .args(args)
+        .output()
+        .context("running crictl")?;
+    if !output.status.success() {
+        bail!(
+            "crictl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The host pid of a pod's container (`containerd://ID` from the pod status).
+pub fn container_host_pid(container_id: &str) -> Result<u32> {
+    let id = container_id.trim_start_matches("containerd://");
+    let inspect: serde_json::Value = serde_json::from_str(&crictl(&["inspect", id])?)?;
+    inspect["info"]["pid"]
+        .as_u64()
+        .map(|p| p as u32)
+        .context("crictl inspect has no pid")
+}
+
+/// One line of the attack program's output: technique -> (syscall, outcome).
+pub fn attack_outcomes(output: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            Some((
+                words.next()?.to_string(),
+                (words.next()?.to_string(), words.next()?.to_string()),
+            ))
+        })
+        .collect()
+}

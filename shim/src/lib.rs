@@ -1,6 +1,13 @@
-//! The agentsandbox runtime shim (`containerd-shim-agentsandbox-v1`). Today: the hardening
-//! policy every container's OCI spec goes through (`policy`). The containerd task service,
-//! the libcontainer-based container lifecycle and the seccomp notification listener build on
-//! it.
+//! The agentsandbox runtime shim (`containerd-shim-agentsandbox-v1`): the containerd task
+//! service (`service`), the single-threaded launcher that creates containers with
+//! libcontainer (`launcher`), the hardening policy every container goes through (`policy`),
+//! per-pod user namespaces and id ranges (`idmap`, `sys`), the egress firewall (`egress`) and
+//! the seccomp notification listener (`notify`).
 
+pub mod egress;
+pub mod idmap;
+pub mod launcher;
+pub mod notify;
 pub mod policy;
+pub mod service;
+pub mod sys;

@@ -27,6 +27,8 @@ fn cri_spec() -> Value {
         "root": {"path": "rootfs", "readonly": false},
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
             {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/kubelet/pods/abc/etc-hosts", "options": ["rbind", "rprivate", "rw"]},
             {"destination": "/dev/shm", "type": "bind", "source": "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/x/shm", "options": ["rbind", "ro"]},
             {"destination": "/etc/resolv.conf", "type": "bind", "source": "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/x/resolv.conf", "options": ["rbind", "ro"]}
@@ -50,10 +52,7 @@ fn settings() -> SandboxSettings {
     SandboxSettings {
         read_only_root: true,
         pids_limit: DEFAULT_PIDS_LIMIT,
-        id_range: Some(IdRange {
-            host_start: 100_000,
-            size: 65_536,
-        }),
+        user_namespace: Some("/run/agentsandbox/pods/p1/userns".into()),
         notify_socket: Some("/run/agentsandbox/notify.sock".into()),
         notify_metadata: "sandbox-uid".into(),
     }
@@ -166,16 +165,74 @@ fn pids_are_limited_and_a_lower_pod_limit_is_kept() {
 }
 
 #[test]
-fn container_root_maps_to_an_unprivileged_host_range_in_a_new_user_namespace() {
+fn every_container_joins_the_pods_pinned_user_namespace_without_own_mappings() {
     let spec = hardened();
-    assert!(spec["linux"]["namespaces"]
+    let users: Vec<&Value> = spec["linux"]["namespaces"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|n| n["type"] == "user"));
-    let mapping = json!([{"containerID": 0, "hostID": 100_000, "size": 65_536}]);
-    assert_eq!(spec["linux"]["uidMappings"], mapping);
-    assert_eq!(spec["linux"]["gidMappings"], mapping);
+        .filter(|n| n["type"] == "user")
+        .collect();
+    assert_eq!(
+        users,
+        [&json!({"type": "user", "path": "/run/agentsandbox/pods/p1/userns"})]
+    );
+    assert!(spec["linux"].get("uidMappings").is_none());
+    assert!(spec["linux"].get("gidMappings").is_none());
+}
+
+#[test]
+fn sysfs_becomes_a_read_only_bind_and_the_cgroup_tree_is_masked_in_a_user_namespace() {
+    let spec = hardened();
+    let mounts = spec["mounts"].as_array().unwrap();
+    assert!(!mounts
+        .iter()
+        .any(|m| m["type"] == "sysfs" || m["type"] == "cgroup"));
+    let sys = mounts.iter().find(|m| m["destination"] == "/sys").unwrap();
+    assert_eq!(sys["type"], "bind");
+    assert_eq!(sys["source"], "/sys");
+    assert!(strings(&sys["options"]).contains(&"ro".to_string()));
+    assert!(strings(&spec["linux"]["maskedPaths"]).contains(&"/sys/fs/cgroup".to_string()));
+}
+
+#[test]
+fn oom_score_protection_is_never_granted() {
+    for (asked, got) in [(-997, 0), (0, 0), (1000, 1000)] {
+        let mut spec = cri_spec();
+        spec["process"]["oomScoreAdj"] = json!(asked);
+        apply_hardening(&mut spec, &settings()).unwrap();
+        assert_eq!(spec["process"]["oomScoreAdj"], json!(got), "asked {asked}");
+    }
+}
+
+#[test]
+fn pod_namespaces_with_paths_are_joined_before_the_user_namespace() {
+    let mut spec = hardened();
+    let joins = take_namespace_joins(&mut spec);
+    assert_eq!(
+        joins,
+        NamespaceJoins {
+            network: Some("/var/run/netns/cni-1".into()),
+            ipc: Some("/proc/42/ns/ipc".into()),
+            uts: Some("/proc/42/ns/uts".into()),
+        }
+    );
+    let left: Vec<&str> = spec["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["pid", "mount", "user"]);
+}
+
+#[test]
+fn namespaces_without_paths_are_created_by_the_container_itself() {
+    let mut spec = cri_spec();
+    spec["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]);
+    apply_hardening(&mut spec, &settings()).unwrap();
+    assert_eq!(take_namespace_joins(&mut spec), NamespaceJoins::default());
+    assert_eq!(spec["linux"]["namespaces"].as_array().unwrap().len(), 6);
 }
 
 #[test]
@@ -494,4 +551,26 @@ fn settings_come_from_the_operators_annotations_and_default_to_strict() {
     ]));
     assert!(!standard.read_only_root);
     assert_eq!(standard.notify_metadata, "u-1");
+}
+
+#[test]
+fn exec_processes_lose_capabilities_and_may_not_start_in_proc_self_fd() {
+    let mut process = json!({
+        "args": ["sh"], "cwd": "/",
+        "capabilities": {"bounding": ["CAP_SYS_ADMIN", "CAP_KILL"], "effective": ["CAP_SYS_ADMIN"], "ambient": ["CAP_SYS_ADMIN"]},
+        "noNewPrivileges": false
+    });
+    harden_exec_process(&mut process).unwrap();
+    assert_eq!(process["capabilities"]["effective"], json!(["CAP_KILL"]));
+    assert_eq!(process["capabilities"]["ambient"], json!([]));
+    assert_eq!(process["noNewPrivileges"], json!(true));
+    assert_eq!(process["args"], json!(["sh"]));
+
+    let mut escaping = json!({"args": ["sh"], "cwd": "/proc/self/fd/7"});
+    assert_eq!(
+        harden_exec_process(&mut escaping),
+        Err(PolicyError::WorkingDirectoryInProcFd(
+            "/proc/self/fd/7".into()
+        ))
+    );
 }

@@ -133,18 +133,13 @@ pub struct SandboxSettings {
     /// Strict: read-only root filesystem. Standard: writable root.
     pub read_only_root: bool,
     pub pids_limit: i64,
-    /// Host uid/gid range the container's ids map onto (container id 0 = `host_start`).
-    pub id_range: Option<IdRange>,
+    /// The pod's user namespace, pinned by the shim (container uid 0 = an unprivileged host
+    /// uid, see `idmap`). Every container of the pod joins it.
+    pub user_namespace: Option<String>,
     /// The shim's seccomp notification socket, if it listens.
     pub notify_socket: Option<String>,
     /// Identifies the sandbox in notifications (`listenerMetadata`).
     pub notify_metadata: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IdRange {
-    pub host_start: u32,
-    pub size: u32,
 }
 
 impl SandboxSettings {
@@ -157,7 +152,7 @@ impl SandboxSettings {
         SandboxSettings {
             read_only_root: profile != "Standard",
             pids_limit: DEFAULT_PIDS_LIMIT,
-            id_range: None,
+            user_namespace: None,
             notify_socket: None,
             notify_metadata: annotations
                 .get("agentsandbox.io/sandbox-uid")
@@ -245,7 +240,11 @@ pub fn check_refusals(spec: &Value) -> Result<(), PolicyError> {
             continue;
         }
         let source = mount["source"].as_str().unwrap_or_default();
-        if forbidden_host_path(source) {
+        // What `enforce` makes of sysfs in a user namespace (read-only /sys at /sys).
+        let read_only_sys = source == "/sys"
+            && mount["destination"] == "/sys"
+            && strings(&mount["options"]).iter().any(|o| o == "ro");
+        if forbidden_host_path(source) && !read_only_sys {
             return Err(PolicyError::SensitiveHostPath {
                 host_path: source.to_string(),
                 destination: mount["destination"]
@@ -313,17 +312,108 @@ fn enforce(spec: &mut Value, settings: &SandboxSettings) {
     linux["seccomp"] =
         seccomp::agent_profile(settings.notify_socket.as_deref(), &settings.notify_metadata);
 
-    if let Some(range) = settings.id_range {
+    // Lowering the OOM score would need CAP_SYS_RESOURCE on the host: a sandbox is never
+    // protected from the OOM killer at the expense of the node.
+    if let Some(adj) = spec["process"]["oomScoreAdj"].as_i64() {
+        spec["process"]["oomScoreAdj"] = json!(adj.max(0));
+    }
+
+    if let Some(user_namespace) = &settings.user_namespace {
+        let linux = &mut spec["linux"];
         let namespaces = linux["namespaces"]
             .as_array_mut()
             .expect("checked in check_refusals");
         // Kubernetes' own user namespaces (hostUsers: false) come with their mappings: keep.
         if !namespaces.iter().any(|n| n["type"] == "user") {
-            namespaces.push(json!({"type": "user"}));
-            let mapping =
-                json!([{"containerID": 0, "hostID": range.host_start, "size": range.size}]);
-            linux["uidMappings"] = mapping.clone();
-            linux["gidMappings"] = mapping;
+            namespaces.push(json!({"type": "user", "path": user_namespace}));
+            if let Some(obj) = linux.as_object_mut() {
+                obj.remove("uidMappings");
+                obj.remove("gidMappings");
+            }
+            linux["maskedPaths"] = union(&linux["maskedPaths"], &["/sys/fs/cgroup"]);
+            rewrite_mounts_for_user_namespace(spec);
         }
     }
+}
+
+/// sysfs and cgroupfs can only be mounted by the owner of the network namespace, which for a
+/// pod is the host: /sys becomes a read-only bind of the host's (host-owned files stay
+/// unwritable to the sandbox, whose root is not host root) and the cgroup tree is masked.
+fn rewrite_mounts_for_user_namespace(spec: &mut Value) {
+    let Some(mounts) = spec["mounts"].as_array_mut() else {
+        return;
+    };
+    mounts.retain(|m| m["type"] != "cgroup" && m["type"] != "cgroup2");
+    for mount in mounts.iter_mut() {
+        if mount["type"] == "sysfs" {
+            *mount = json!({
+                "destination": mount["destination"],
+                "type": "bind",
+                "source": "/sys",
+                "options": ["rbind", "nosuid", "noexec", "nodev", "ro"],
+            });
+        }
+    }
+}
+
+/// Namespaces a container must enter while its creator is still host root: the pod's
+/// network, IPC and UTS namespaces belong to the host's user namespace (or to the pod's, for
+/// IPC and UTS), and cannot be joined from inside a new user namespace. The entries are taken
+/// out of the spec (the container inherits them from its creator) and returned.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NamespaceJoins {
+    pub network: Option<String>,
+    pub ipc: Option<String>,
+    pub uts: Option<String>,
+}
+
+pub fn take_namespace_joins(spec: &mut Value) -> NamespaceJoins {
+    let mut joins = NamespaceJoins::default();
+    let uses_user_namespace = spec["linux"]["namespaces"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|n| n["type"] == "user"));
+    if !uses_user_namespace {
+        return joins;
+    }
+    if let Some(namespaces) = spec["linux"]["namespaces"].as_array_mut() {
+        namespaces.retain(|n| {
+            let path = n["path"]
+                .as_str()
+                .filter(|p| !p.is_empty())
+                .map(String::from);
+            let slot = match (n["type"].as_str(), &path) {
+                (Some("network"), Some(_)) => &mut joins.network,
+                (Some("ipc"), Some(_)) => &mut joins.ipc,
+                (Some("uts"), Some(_)) => &mut joins.uts,
+                _ => return true,
+            };
+            *slot = path;
+            false
+        });
+    }
+    joins
+}
+
+/// An exec'd process (kubectl exec, exec probes) gets the same treatment as the container's
+/// own: containerd copies the pod's requested capabilities into it.
+pub fn harden_exec_process(process: &mut Value) -> Result<(), PolicyError> {
+    let cwd = process["cwd"].as_str().unwrap_or("/");
+    if cwd.starts_with("/proc/self/fd") || cwd.starts_with("/proc/thread-self/fd") {
+        return Err(PolicyError::WorkingDirectoryInProcFd(cwd.to_string()));
+    }
+    let mut wrapper = json!({ "process": process.take(), "linux": {} });
+    let kept: Vec<String> = strings(&wrapper["process"]["capabilities"]["bounding"])
+        .into_iter()
+        .filter(|c| ALLOWED_CAPABILITIES.contains(&c.as_str()))
+        .collect();
+    wrapper["process"]["noNewPrivileges"] = json!(true);
+    wrapper["process"]["capabilities"] = json!({
+        "bounding": kept,
+        "effective": kept,
+        "permitted": kept,
+        "inheritable": [],
+        "ambient": [],
+    });
+    *process = wrapper["process"].take();
+    Ok(())
 }

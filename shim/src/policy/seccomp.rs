@@ -485,7 +485,9 @@ pub fn agent_profile(listener_path: Option<&str>, listener_metadata: &str) -> Va
     if let Some(path) = listener_path {
         profile["listenerPath"] = json!(path);
         profile["listenerMetadata"] = json!(listener_metadata);
-        profile["flags"] = json!(["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]);
+        // No SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: it needs libseccomp >= 2.6 and the nodes
+        // we support ship 2.5 (Debian 12). Without it a signal interrupts a pending
+        // notification and the syscall is restarted, i.e. denied again: no decision changes.
     }
     profile
 }

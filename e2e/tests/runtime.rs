@@ -1,0 +1,399 @@
+//! The agentsandbox runtime (containerd-shim-agentsandbox-v1) driven by the real kubelet and
+//! containerd: pods under RuntimeClass `agentsandbox` get the hardening whatever they asked
+//! for, escape syscalls fail with EPERM, and nothing of a pod is left after it is deleted.
+//! The same attack program under runc shows what the runtime adds.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use agentsandbox_e2e::{
+    attack_image, attack_outcomes, busybox_image, busybox_pod, container_host_pid, crictl,
+    runtime_pod, sandbox_yaml, wait_sandbox_ready, wait_until_sync, Cluster, IDLE_LOOP,
+    RUNTIME_CLASS,
+};
+use agentsandbox_operator::api::AgentSandbox;
+use kube::api::Api;
+
+/// The escape techniques the issue names, by the attack program's technique names.
+const MUST_BE_EPERM: &[&str] = &[
+    "mount-tmpfs",
+    "unshare-user-ns",
+    "setns-mount-ns",
+    "ptrace-attach",
+    "bpf-map-create",
+    "keyring-read",
+    "io-uring-setup",
+    "load-kernel-module",
+    "open-by-handle-shocker",
+];
+
+fn host_uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("Uid line")
+}
+
+fn run_attack(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    runtime_class: Option<&str>,
+) -> BTreeMap<String, (String, String)> {
+    cluster
+        .apply(&runtime_pod(
+            namespace,
+            name,
+            runtime_class,
+            &attack_image(),
+            "agentsandbox-attack",
+        ))
+        .unwrap();
+    cluster
+        .wait_pod(namespace, name, "jsonpath={.status.phase}=Succeeded")
+        .unwrap_or_else(|e| panic!("attack pod {name} did not finish: {e}"));
+    let logs = cluster
+        .kubectl_ok(&["-n", namespace, "logs", name])
+        .unwrap();
+    let outcomes = attack_outcomes(&logs);
+    assert!(outcomes.len() >= 20, "attack output incomplete:\n{logs}");
+    outcomes
+}
+
+#[tokio::test]
+async fn container_root_is_an_unprivileged_host_uid_and_image_files_stay_root_owned() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-uid");
+    cluster
+        .apply(&runtime_pod(
+            &ns.name,
+            "p",
+            Some(RUNTIME_CLASS),
+            &busybox_image(),
+            IDLE_LOOP,
+        ))
+        .unwrap();
+    cluster.wait_pod(&ns.name, "p", "condition=Ready").unwrap();
+
+    let (code, uid, _) = cluster.exec(&ns.name, "p", &["id", "-u"]);
+    assert_eq!((code, uid.trim()), (0, "0"), "uid inside the sandbox");
+    let container = cluster
+        .pod_field(&ns.name, "p", "{.status.containerStatuses[0].containerID}")
+        .unwrap();
+    let pid = container_host_pid(&container).unwrap();
+    let host_uid = host_uid_of(pid);
+    assert!(host_uid >= 100_000, "container root is host uid {host_uid}");
+    let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let fields: Vec<&str> = uid_map.split_whitespace().collect();
+    assert_eq!(
+        fields,
+        ["0", &host_uid.to_string(), "65536"],
+        "uid_map {uid_map}"
+    );
+
+    // Processes started by `kubectl exec` get the same user namespace and seccomp filter.
+    let (_, exec_map, _) = cluster.exec(&ns.name, "p", &["cat", "/proc/self/uid_map"]);
+    assert_eq!(
+        exec_map.split_whitespace().collect::<Vec<_>>(),
+        fields,
+        "exec'd uid_map"
+    );
+    let (_, status, _) = cluster.exec(&ns.name, "p", &["cat", "/proc/self/status"]);
+    let seccomp_mode = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(str::trim);
+    assert_eq!(
+        seccomp_mode,
+        Some("2"),
+        "exec'd process is not under the seccomp filter"
+    );
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(str::trim);
+    assert_eq!(
+        cap_eff,
+        Some("00000000000004fb"),
+        "exec'd process capabilities"
+    );
+
+    // Image files owned by root in the image belong to the sandbox's root (idmapped layers),
+    // not to the overflow user.
+    let (_, owner, _) = cluster.exec(&ns.name, "p", &["stat", "-c", "%u:%g", "/bin/busybox"]);
+    assert_eq!(owner.trim(), "0:0");
+}
+
+#[tokio::test]
+async fn proc_shows_only_the_pods_own_processes() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-proc");
+    cluster
+        .apply(&runtime_pod(
+            &ns.name,
+            "p",
+            Some(RUNTIME_CLASS),
+            &busybox_image(),
+            IDLE_LOOP,
+        ))
+        .unwrap();
+    cluster.wait_pod(&ns.name, "p", "condition=Ready").unwrap();
+    let (code, listing, err) = cluster.exec(&ns.name, "p", &["ls", "/proc"]);
+    assert_eq!(code, 0, "{err}");
+    let pids: Vec<u32> = listing
+        .split_whitespace()
+        .filter_map(|e| e.parse().ok())
+        .collect();
+    // sh, its sleep, and ls itself; the host has hundreds.
+    assert!(!pids.is_empty() && pids.len() <= 4, "/proc lists {pids:?}");
+    let (_, init, _) = cluster.exec(&ns.name, "p", &["cat", "/proc/1/cmdline"]);
+    assert!(
+        init.starts_with("sh"),
+        "pid 1 is {init:?}, not the container's command"
+    );
+}
+
+#[tokio::test]
+async fn escape_syscalls_fail_with_eperm_under_agentsandbox_and_partly_succeed_under_runc() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-attack");
+    let ours = run_attack(&cluster, &ns.name, "agentsandbox", Some(RUNTIME_CLASS));
+    let runc = run_attack(&cluster, &ns.name, "runc", None);
+
+    println!("| technique | syscall | runc (RuntimeDefault) | agentsandbox |");
+    println!("|---|---|---|---|");
+    for (technique, (syscall, outcome)) in &ours {
+        let theirs = runc.get(technique).map(|(_, o)| o.as_str()).unwrap_or("-");
+        println!("| {technique} | {syscall} | {theirs} | {outcome} |");
+    }
+
+    for technique in MUST_BE_EPERM {
+        let (syscall, outcome) = &ours[*technique];
+        assert_eq!(
+            outcome, "EPERM",
+            "{technique} ({syscall}) under agentsandbox"
+        );
+    }
+    let allowed: Vec<&String> = ours
+        .iter()
+        .filter(|(_, (_, outcome))| outcome == "ALLOWED")
+        .map(|(t, _)| t)
+        .collect();
+    assert!(
+        allowed.is_empty(),
+        "allowed under agentsandbox: {allowed:?}"
+    );
+    // What runc's default profile lets through and the agentsandbox runtime does not.
+    assert_eq!(runc["io-uring-setup"].1, "ALLOWED", "io_uring under runc");
+    assert_eq!(runc["ptrace-attach"].1, "ALLOWED", "ptrace under runc");
+}
+
+#[tokio::test]
+async fn exec_logs_exit_codes_and_delete_work_and_leave_nothing_behind() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-life");
+    cluster
+        .apply(&runtime_pod(
+            &ns.name,
+            "p",
+            Some(RUNTIME_CLASS),
+            &busybox_image(),
+            &format!("echo hello-from-the-sandbox; {IDLE_LOOP}"),
+        ))
+        .unwrap();
+    cluster.wait_pod(&ns.name, "p", "condition=Ready").unwrap();
+
+    let logs = cluster.kubectl_ok(&["-n", &ns.name, "logs", "p"]).unwrap();
+    assert_eq!(logs.trim(), "hello-from-the-sandbox");
+    let (code, out, _) = cluster.exec(&ns.name, "p", &["sh", "-c", "echo exec-works; exit 7"]);
+    assert_eq!((code, out.trim()), (7, "exec-works"));
+
+    let container = cluster
+        .pod_field(&ns.name, "p", "{.status.containerStatuses[0].containerID}")
+        .unwrap();
+    let container_id = container.trim_start_matches("containerd://").to_string();
+    let pid = container_host_pid(&container).unwrap();
+    let pod_uid = cluster.pod_field(&ns.name, "p", "{.metadata.uid}").unwrap();
+    let sandbox_id = crictl(&["pods", "-q", "--name", "p", "--namespace", &ns.name])
+        .unwrap()
+        .trim()
+        .to_string();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&crictl(&["inspectp", &sandbox_id]).unwrap()).unwrap();
+    let netns = inspect["info"]["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["type"] == "network")
+        .and_then(|n| n["path"].as_str())
+        .unwrap()
+        .to_string();
+    let slots_before = std::fs::read_dir("/run/agentsandbox/idmap")
+        .unwrap()
+        .count();
+    assert!(slots_before >= 1);
+
+    cluster
+        .kubectl_ok(&[
+            "-n",
+            &ns.name,
+            "delete",
+            "pod",
+            "p",
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .unwrap();
+    // The kubelet removes the pod sandbox shortly after the API object is gone.
+    wait_until_sync(
+        "the pod sandbox to be removed",
+        Duration::from_secs(60),
+        || {
+            let left = crictl(&["pods", "-q", "--id", &sandbox_id]).ok()?;
+            left.trim().is_empty().then_some(())
+        },
+    )
+    .unwrap();
+
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "process {pid} survived"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let leftover: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(&container_id) || l.contains(&sandbox_id))
+        .collect();
+    assert!(leftover.is_empty(), "mounts left: {leftover:#?}");
+    assert!(
+        !Path::new(&netns).exists(),
+        "network namespace {netns} left"
+    );
+    for controller in ["memory", "pids", "cpu"] {
+        let dir = std::fs::read_dir(format!("/sys/fs/cgroup/{controller}/kubepods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .flat_map(|qos| {
+                let pod = qos.join(format!("pod{pod_uid}"));
+                [
+                    pod,
+                    qos.parent().unwrap().join(format!("kubepods/pod{pod_uid}")),
+                ]
+            })
+            .find(|p| p.exists());
+        assert!(dir.is_none(), "cgroup left: {dir:?}");
+    }
+    assert!(
+        !Path::new(&format!(
+            "/run/agentsandbox/k8s.io/containers/{container_id}"
+        ))
+        .exists(),
+        "shim state left"
+    );
+}
+
+#[tokio::test]
+async fn privileged_pods_are_refused_with_a_message_kubectl_describe_shows() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-refuse");
+    let pod = runtime_pod(
+        &ns.name,
+        "priv",
+        Some(RUNTIME_CLASS),
+        &busybox_image(),
+        IDLE_LOOP,
+    )
+    .replace(
+        "    command:",
+        "    securityContext: {privileged: true}\n    command:",
+    );
+    cluster.apply(&pod).unwrap();
+    let message = wait_until_sync("the refusal to show", Duration::from_secs(60), || {
+        let describe = cluster
+            .kubectl_ok(&["-n", &ns.name, "describe", "pod", "priv"])
+            .ok()?;
+        describe
+            .contains("agentsandbox refuses privileged containers")
+            .then_some(describe)
+    })
+    .unwrap();
+    assert!(
+        message.contains("remove securityContext.privileged"),
+        "{message}"
+    );
+    let phase = cluster
+        .pod_field(&ns.name, "priv", "{.status.phase}")
+        .unwrap();
+    assert_ne!(phase, "Running");
+}
+
+fn server_pod(namespace: &str, name: &str, greeting: &str) -> String {
+    busybox_pod(
+        namespace,
+        name,
+        &format!("trap 'exit 0' TERM; nc -ll -p 8080 -e echo {greeting} & wait"),
+    )
+}
+
+#[tokio::test]
+async fn egress_allow_list_is_enforced_inside_the_pod_even_where_the_cni_ignores_network_policy() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-egress");
+    cluster
+        .apply(&server_pod(&ns.name, "allowed", "allowed-greeting"))
+        .unwrap();
+    cluster
+        .apply(&server_pod(&ns.name, "denied", "denied-greeting"))
+        .unwrap();
+    cluster
+        .wait_pod(&ns.name, "allowed", "condition=Ready")
+        .unwrap();
+    cluster
+        .wait_pod(&ns.name, "denied", "condition=Ready")
+        .unwrap();
+    let allowed_ip = cluster
+        .pod_field(&ns.name, "allowed", "{.status.podIP}")
+        .unwrap();
+    let denied_ip = cluster
+        .pod_field(&ns.name, "denied", "{.status.podIP}")
+        .unwrap();
+
+    let extra = format!(
+        "  network:\n    egress: Deny\n    egressAllow:\n    - cidr: {allowed_ip}/32\n      ports: [{{port: 8080}}]\n"
+    );
+    cluster
+        .apply(&sandbox_yaml(&ns.name, "agent", &extra))
+        .unwrap();
+    let api: Api<AgentSandbox> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let sandbox = wait_sandbox_ready(&api, "agent", Duration::from_secs(90))
+        .await
+        .unwrap();
+    let pod = sandbox.status.unwrap().pod_name.unwrap();
+    assert_eq!(
+        cluster
+            .pod_field(&ns.name, &pod, "{.spec.runtimeClassName}")
+            .unwrap(),
+        RUNTIME_CLASS
+    );
+
+    let (_, reply, err) = cluster.exec(&ns.name, &pod, &["nc", "-w", "3", &allowed_ip, "8080"]);
+    assert_eq!(
+        reply.trim(),
+        "allowed-greeting",
+        "allowed destination: {err}"
+    );
+    let (_, reply, _) = cluster.exec(&ns.name, &pod, &["nc", "-w", "3", &denied_ip, "8080"]);
+    assert!(
+        !reply.contains("denied-greeting"),
+        "a denied destination answered"
+    );
+    // The allowed server on another port is also out of reach: the rule is per port.
+    let (_, reply, _) = cluster.exec(&ns.name, &pod, &["nc", "-w", "3", &allowed_ip, "8081"]);
+    assert!(reply.trim().is_empty());
+}

@@ -1,0 +1,165 @@
+//! The sandbox's egress policy as firewall rules inside the pod's network namespace, so that
+//! it holds on CNIs that ignore NetworkPolicy. The operator writes the policy into the pod
+//! annotation `agentsandbox.io/egress`; the rules are installed (iptables-restore, one table
+//! per address family) before the pod's first container starts. The sandbox cannot change
+//! them: its root has no capabilities over the network namespace, which the host owns.
+
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+pub const ANNOTATION_EGRESS: &str = "agentsandbox.io/egress";
+const CHAIN: &str = "AGENTSANDBOX-EGRESS";
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct EgressPolicy {
+    pub mode: String,
+    #[serde(default)]
+    pub allow: Vec<EgressRule>,
+    #[serde(default)]
+    pub dns: bool,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct EgressRule {
+    pub cidr: String,
+    #[serde(default)]
+    pub ports: Vec<EgressPort>,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct EgressPort {
+    pub port: u16,
+    pub protocol: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EgressError {
+    #[error("the egress annotation {ANNOTATION_EGRESS} is not valid JSON: {0}")]
+    Parse(String),
+    #[error("egress rule has an invalid CIDR {0:?}")]
+    Cidr(String),
+    #[error("egress rule has an unknown protocol {0:?} (TCP, UDP or SCTP)")]
+    Protocol(String),
+    #[error("egress mode {0:?} is neither Deny nor Allow")]
+    Mode(String),
+}
+
+/// iptables-restore input for IPv4 and IPv6.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EgressRules {
+    pub ipv4: String,
+    pub ipv6: String,
+}
+
+fn parse_cidr(cidr: &str) -> Result<(IpAddr, u8), EgressError> {
+    let bad = || EgressError::Cidr(cidr.to_string());
+    let (addr, len) = cidr.split_once('/').unwrap_or((cidr, ""));
+    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = if len.is_empty() {
+        max
+    } else {
+        len.parse::<u8>().map_err(|_| bad())?
+    };
+    if len > max {
+        return Err(bad());
+    }
+    Ok((addr, len))
+}
+
+fn protocol(name: &str) -> Result<&'static str, EgressError> {
+    match name.to_ascii_uppercase().as_str() {
+        "TCP" => Ok("tcp"),
+        "UDP" => Ok("udp"),
+        "SCTP" => Ok("sctp"),
+        _ => Err(EgressError::Protocol(name.to_string())),
+    }
+}
+
+/// Nameservers of a resolv.conf (the cluster DNS the pod was given).
+pub fn nameservers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next()?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Rules for the policy in the annotation, or None when egress is unrestricted.
+pub fn render(
+    annotation: &str,
+    dns_servers: &[IpAddr],
+) -> Result<Option<EgressRules>, EgressError> {
+    let policy: EgressPolicy =
+        serde_json::from_str(annotation).map_err(|e| EgressError::Parse(e.to_string()))?;
+    match policy.mode.as_str() {
+        "Allow" => return Ok(None),
+        "Deny" => {}
+        other => return Err(EgressError::Mode(other.to_string())),
+    }
+    let mut v4 = vec![];
+    let mut v6 = vec![];
+    let mut push = |is_v4: bool, rule: String| {
+        if is_v4 { &mut v4 } else { &mut v6 }.push(format!("-A {CHAIN} {rule} -j ACCEPT"));
+    };
+    if policy.dns {
+        for server in dns_servers {
+            let len = if server.is_ipv4() { 32 } else { 128 };
+            for proto in ["udp", "tcp"] {
+                push(
+                    server.is_ipv4(),
+                    format!("-d {server}/{len} -p {proto} --dport 53"),
+                );
+            }
+        }
+    }
+    for rule in &policy.allow {
+        let (addr, len) = parse_cidr(&rule.cidr)?;
+        if rule.ports.is_empty() {
+            push(addr.is_ipv4(), format!("-d {addr}/{len}"));
+        }
+        for port in &rule.ports {
+            let proto = protocol(&port.protocol)?;
+            push(
+                addr.is_ipv4(),
+                format!("-d {addr}/{len} -p {proto} --dport {}", port.port),
+            );
+        }
+    }
+    let table = |allowed: &[String], reject: &str, extra: &[&str]| {
+        let mut lines = vec![
+            "*filter".to_string(),
+            ":INPUT ACCEPT [0:0]".to_string(),
+            ":FORWARD ACCEPT [0:0]".to_string(),
+            ":OUTPUT ACCEPT [0:0]".to_string(),
+            format!(":{CHAIN} - [0:0]"),
+            format!("-A OUTPUT -j {CHAIN}"),
+            format!("-A {CHAIN} -o lo -j ACCEPT"),
+            // Replies to connections the sandbox accepted (exposed ports, probes).
+            format!("-A {CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"),
+        ];
+        lines.extend(extra.iter().map(|l| format!("-A {CHAIN} {l}")));
+        lines.extend(allowed.iter().cloned());
+        lines.push(format!("-A {CHAIN} -j REJECT --reject-with {reject}"));
+        lines.push("COMMIT".to_string());
+        lines.join("\n") + "\n"
+    };
+    Ok(Some(EgressRules {
+        ipv4: table(&v4, "icmp-port-unreachable", &[]),
+        // Neighbour discovery keeps IPv6 working on the pod's own link.
+        ipv6: table(
+            &v6,
+            "icmp6-port-unreachable",
+            &[
+                "-p ipv6-icmp --icmpv6-type neighbour-solicitation -j ACCEPT",
+                "-p ipv6-icmp --icmpv6-type neighbour-advertisement -j ACCEPT",
+                "-p ipv6-icmp --icmpv6-type router-solicitation -j ACCEPT",
+            ],
+        ),
+    }))
+}

@@ -1,0 +1,301 @@
+//! The launcher: a short-lived, single-threaded child of the shim that does what must not
+//! happen in the multi-threaded shim process. libcontainer creates processes with raw
+//! `clone3`, and entering namespaces or changing directory is process-wide. The shim
+//! re-executes its own (sealed) binary with [`LAUNCH_ARG`], writes one JSON request to its
+//! stdin and reads one JSON response from its stdout. Containers are created "as siblings",
+//! so their processes are children of the shim (a subreaper), which reaps them.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio as ProcessStdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use serde::{Deserialize, Serialize};
+
+use crate::egress::EgressRules;
+use crate::idmap::IdRange;
+use crate::policy::NamespaceJoins;
+use crate::sys::mounts::{self, IdmapPlan, RootfsMount};
+use crate::sys::namespaces;
+
+/// First argument that turns the shim binary into the launcher.
+pub const LAUNCH_ARG: &str = "launch";
+
+/// containerd's FIFOs for a process (empty: none).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub id: String,
+    /// libcontainer's state directory.
+    pub root: PathBuf,
+    /// Directory holding the hardened config.json.
+    pub bundle: PathBuf,
+    pub stdio: StdioPaths,
+    pub joins: NamespaceJoins,
+    pub rootfs: Vec<RootfsMount>,
+    pub rootfs_target: PathBuf,
+    pub idmap: Option<IdmapPlan>,
+    pub binds: Vec<mounts::StagedBind>,
+    /// Everything the launcher mounts is below this directory (cleaned up on failure).
+    pub state_dir: PathBuf,
+    pub egress: Option<EgressRules>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub id: String,
+    /// Directory holding the container's hardened config.json (its seccomp filter).
+    pub bundle: PathBuf,
+    /// JSON file with the (hardened) OCI process.
+    pub process: PathBuf,
+    pub stdio: StdioPaths,
+    pub init_pid: i32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LaunchRequest {
+    PinUserNamespace { path: PathBuf, range: (u32, u32) },
+    Create(Box<CreateRequest>),
+    Exec(ExecRequest),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LaunchResponse {
+    Pid(i32),
+    Done,
+    Failed(String),
+}
+
+/// Runs one request in a fresh launcher process (blocking: call from a blocking thread).
+pub fn launch(request: &LaunchRequest) -> Result<LaunchResponse> {
+    let mut child = Command::new("/proc/self/exe")
+        .arg(LAUNCH_ARG)
+        .stdin(ProcessStdio::piped())
+        .stdout(ProcessStdio::piped())
+        .stderr(ProcessStdio::piped())
+        .spawn()
+        .context("starting the launcher")?;
+    // libcontainer's own error reports, kept for the failure message.
+    let mut stderr = child.stderr.take().expect("piped");
+    let diagnostics = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(&serde_json::to_vec(request)?)?;
+    drop(stdin);
+    let mut output = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_end(&mut output)?;
+    // The launcher's exit status is collected by the shim's reaper, not here.
+    // A created container holds a copy of the diagnostics pipe until it execs: read it only
+    // when the launch failed (then nothing of the container is alive).
+    let response: Option<LaunchResponse> = serde_json::from_slice(&output).ok();
+    match response {
+        Some(LaunchResponse::Failed(message)) => {
+            let diagnostics = diagnostics.join().unwrap_or_default();
+            let errors: Vec<&str> = diagnostics
+                .lines()
+                .filter(|l| l.contains("ERROR"))
+                .take(8)
+                .collect();
+            if errors.is_empty() {
+                Ok(LaunchResponse::Failed(message))
+            } else {
+                Ok(LaunchResponse::Failed(format!(
+                    "{message} ({})",
+                    errors.join("; ")
+                )))
+            }
+        }
+        Some(response) => Ok(response),
+        None => {
+            let diagnostics = diagnostics.join().unwrap_or_default();
+            bail!(
+                "the launcher exited without an answer: {}",
+                diagnostics.trim()
+            )
+        }
+    }
+}
+
+/// The launcher's main: one request from stdin, one response to stdout.
+pub fn run_launcher() -> i32 {
+    // A private copy of stderr (close-on-exec): the container's processes get their own
+    // stdio on fd 2 before they exec, and libcontainer's diagnostics must not end up there.
+    let diagnostics = nix::fcntl::fcntl(2, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        .map(|fd| {
+            // SAFETY: a fresh descriptor we own.
+            File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        })
+        .ok();
+    let writer = std::sync::Mutex::new(
+        diagnostics.unwrap_or_else(|| File::create("/dev/null").expect("/dev/null")),
+    );
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_max_level(tracing::Level::WARN)
+        .without_time()
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+    let mut input = Vec::new();
+    let response = match std::io::stdin().read_to_end(&mut input) {
+        Ok(_) => match serde_json::from_slice::<LaunchRequest>(&input) {
+            Ok(request) => match handle(request) {
+                Ok(response) => response,
+                Err(err) => LaunchResponse::Failed(format!("{err:#}")),
+            },
+            Err(err) => LaunchResponse::Failed(format!("bad launcher request: {err}")),
+        },
+        Err(err) => LaunchResponse::Failed(format!("reading launcher request: {err}")),
+    };
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(&serde_json::to_vec(&response).unwrap_or_default());
+    let _ = stdout.flush();
+    0
+}
+
+fn handle(request: LaunchRequest) -> Result<LaunchResponse> {
+    match request {
+        LaunchRequest::PinUserNamespace { path, range } => {
+            namespaces::pin_user_namespace(
+                &path,
+                IdRange {
+                    host_start: range.0,
+                    size: range.1,
+                },
+            )?;
+            Ok(LaunchResponse::Done)
+        }
+        LaunchRequest::Create(request) => {
+            let result = create(&request);
+            if result.is_err() {
+                mounts::unmount_tree(&request.state_dir);
+            }
+            Ok(LaunchResponse::Pid(result?))
+        }
+        LaunchRequest::Exec(request) => Ok(LaunchResponse::Pid(exec(&request)?)),
+    }
+}
+
+fn open_stdio(path: &str, for_writing: bool) -> Result<OwnedFd> {
+    let path = if path.is_empty() { "/dev/null" } else { path };
+    let file = if for_writing {
+        OpenOptions::new().write(true).open(path)
+    } else {
+        // A FIFO opened for reading would block until containerd opens its end.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        )?;
+        Ok(file)
+    }
+    .with_context(|| format!("opening stdio {path}"))?;
+    Ok(file.into())
+}
+
+fn apply_egress(rules: &EgressRules) -> Result<()> {
+    for (binary, input) in [
+        ("iptables-restore", &rules.ipv4),
+        ("ip6tables-restore", &rules.ipv6),
+    ] {
+        let mut child = Command::new(binary)
+            .arg("-w")
+            .stdin(ProcessStdio::piped())
+            .stdout(ProcessStdio::null())
+            .stderr(ProcessStdio::piped())
+            .spawn()
+            .with_context(|| format!("running {binary} (is iptables installed on the node?)"))?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())?;
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            bail!(
+                "{binary} refused the egress rules: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn create(request: &CreateRequest) -> Result<i32> {
+    mounts::mount_rootfs(
+        &request.rootfs,
+        &request.rootfs_target,
+        request.idmap.as_ref(),
+    )?;
+    mounts::bind_staged(&request.binds)?;
+    namespaces::join(&request.joins)?;
+    if let Some(rules) = &request.egress {
+        apply_egress(rules).context("installing the egress firewall")?;
+    }
+    let container = ContainerBuilder::new(request.id.clone(), SyscallType::default())
+        .with_root_path(&request.root)?
+        .with_stdin(open_stdio(&request.stdio.stdin, false)?)
+        .with_stdout(open_stdio(&request.stdio.stdout, true)?)
+        .with_stderr(open_stdio(&request.stdio.stderr, true)?)
+        .as_init(&request.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .as_sibling(true)
+        .build()
+        .map_err(|e| anyhow::Error::new(e).context("creating the container"))?;
+    container
+        .pid()
+        .map(|p| p.as_raw())
+        .ok_or_else(|| anyhow!("libcontainer returned a container without a pid"))
+}
+
+fn exec(request: &ExecRequest) -> Result<i32> {
+    let process: oci_spec::runtime::Process = serde_json::from_str(
+        &std::fs::read_to_string(&request.process).context("reading the exec process")?,
+    )
+    .context("parsing the exec process")?;
+    let spec = oci_spec::runtime::Spec::load(request.bundle.join("config.json"))
+        .map_err(|e| anyhow!("reading the container's spec: {e}"))?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    crate::sys::exec::exec_in_container(
+        &process,
+        crate::sys::exec::ExecContext {
+            container_id: &request.id,
+            init_pid: request.init_pid,
+            seccomp: seccomp.as_ref(),
+            stdio: [
+                open_stdio(&request.stdio.stdin, false)?,
+                open_stdio(&request.stdio.stdout, true)?,
+                open_stdio(&request.stdio.stderr, true)?,
+            ],
+        },
+    )
+}
+
+/// Reads a file that may not exist (yet).
+pub fn read_optional(path: &Path) -> Option<String> {
+    let mut s = String::new();
+    File::open(path).ok()?.read_to_string(&mut s).ok()?;
+    Some(s)
+}

@@ -1,0 +1,7 @@
+//! Linux specifics the shim needs beyond libcontainer: pinned user namespaces, idmapped
+//! image layers, joining the pod's namespaces, cgroup v1 statistics.
+
+pub mod exec;
+pub mod mounts;
+pub mod namespaces;
+pub mod stats;

@@ -1,0 +1,264 @@
+//! The container's root filesystem, with image layers idmapped into the pod's user namespace
+//! so that files owned by root in the image belong to the sandbox's root (not to "nobody"),
+//! without touching the shared layers on disk.
+//!
+//! overlayfs itself cannot be idmapped, but its layers can: every lower layer is cloned as an
+//! idmapped mount, the container's own (empty, per-container) upper directory is chowned to
+//! the pod's root, and the overlay is assembled from those.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::chown;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
+
+/// One mount of containerd's `CreateTaskRequest.rootfs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RootfsMount {
+    pub fs_type: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// Where to idmap layers to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdmapPlan {
+    pub user_namespace: PathBuf,
+    pub host_root: u32,
+    pub staging: PathBuf,
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+fn cstring(path: &Path) -> Result<CString> {
+    Ok(CString::new(path.as_os_str().as_encoded_bytes())?)
+}
+
+/// Mounts `source` again at `target`, with ids shifted by the user namespace's mapping.
+fn idmapped_clone(source: &Path, target: &Path, user_namespace: &OwnedFd) -> Result<()> {
+    let src = cstring(source)?;
+    let dst = cstring(target)?;
+    let empty = CString::new("")?;
+    // SAFETY: plain syscalls with valid, NUL-terminated paths and a correctly sized struct.
+    unsafe {
+        let tree = libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        );
+        if tree < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("open_tree {}", source.display()));
+        }
+        let tree = OwnedFd::from_raw_fd(tree as i32);
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: user_namespace.as_raw_fd() as u64,
+        };
+        if libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("idmapping {}", source.display()));
+        }
+        if libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("attaching idmapped {}", target.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Mounts the container's root filesystem at `target`. Runs in the single-threaded launcher
+/// (it changes directory to keep overlay option strings short).
+pub fn mount_rootfs(
+    mounts: &[RootfsMount],
+    target: &Path,
+    idmap: Option<&IdmapPlan>,
+) -> Result<()> {
+    for m in mounts {
+        match (m.fs_type.as_str(), idmap) {
+            ("overlay", Some(plan)) => mount_idmapped_overlay(m, target, plan)?,
+            ("bind", _) => mount(
+                Some(m.source.as_str()),
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .with_context(|| format!("binding the root filesystem {}", m.source))?,
+            _ => containerd_shim::mount::mount_rootfs(
+                Some(m.fs_type.as_str()).filter(|t| !t.is_empty()),
+                Some(m.source.as_str()),
+                &m.options,
+                target,
+            )
+            .with_context(|| format!("mounting the root filesystem ({})", m.fs_type))?,
+        }
+    }
+    Ok(())
+}
+
+fn mount_idmapped_overlay(m: &RootfsMount, target: &Path, plan: &IdmapPlan) -> Result<()> {
+    let user_namespace: OwnedFd = fs::File::open(&plan.user_namespace)
+        .with_context(|| format!("opening {}", plan.user_namespace.display()))?
+        .into();
+    fs::create_dir_all(&plan.staging)?;
+    let mut options = Vec::new();
+    let mut lowers = Vec::new();
+    for option in &m.options {
+        if let Some(list) = option.strip_prefix("lowerdir=") {
+            for (index, layer) in list.split(':').enumerate() {
+                let staged = plan.staging.join(index.to_string());
+                fs::create_dir_all(&staged)?;
+                idmapped_clone(Path::new(layer), &staged, &user_namespace)?;
+                lowers.push(index.to_string());
+            }
+            options.push(format!("lowerdir={}", lowers.join(":")));
+        } else if let Some(upper) = option.strip_prefix("upperdir=") {
+            // The container's own writable layer, empty at this point.
+            chown(upper, Some(plan.host_root), Some(plan.host_root))
+                .with_context(|| format!("chown {upper}"))?;
+            options.push(option.clone());
+        } else {
+            options.push(option.clone());
+        }
+    }
+    if lowers.is_empty() {
+        bail!("overlay root filesystem without lowerdir");
+    }
+    let previous = std::env::current_dir()?;
+    std::env::set_current_dir(&plan.staging)?;
+    let result = mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.join(",").as_str()),
+    )
+    .context("mounting the overlay root filesystem");
+    std::env::set_current_dir(previous)?;
+    result
+}
+
+/// A bind mount's source, re-exposed below the container's state directory.
+///
+/// The container's root is an unprivileged host uid: it cannot traverse root-only
+/// directories such as containerd's state or the kubelet's pod directories to reach a volume.
+/// The launcher (still host root) binds each source to a path it can reach. Volumes are plain
+/// binds, never idmapped: an idmapped writable host directory would let the sandbox's root
+/// create files owned by host root (setuid binaries) on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedBind {
+    pub source: String,
+    pub staged: PathBuf,
+    pub recursive: bool,
+}
+
+/// Rewrites the spec's bind mounts to staged paths under `dir` and returns what to bind.
+pub fn stage_binds(spec: &mut serde_json::Value, dir: &Path) -> Vec<StagedBind> {
+    let mut staged = Vec::new();
+    let Some(mounts) = spec["mounts"].as_array_mut() else {
+        return staged;
+    };
+    for (index, mount) in mounts.iter_mut().enumerate() {
+        let options: Vec<&str> = mount["options"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|o| o.as_str()).collect())
+            .unwrap_or_default();
+        let is_bind =
+            mount["type"] == "bind" || options.iter().any(|o| *o == "bind" || *o == "rbind");
+        let Some(source) = mount["source"].as_str().filter(|s| s.starts_with('/')) else {
+            continue;
+        };
+        if !is_bind {
+            continue;
+        }
+        let recursive = options.contains(&"rbind");
+        let path = dir.join(index.to_string());
+        staged.push(StagedBind {
+            source: source.to_string(),
+            staged: path.clone(),
+            recursive,
+        });
+        mount["source"] = serde_json::Value::String(path.to_string_lossy().into_owned());
+    }
+    staged
+}
+
+/// Performs [`stage_binds`]' binds (in the launcher, as host root).
+pub fn bind_staged(binds: &[StagedBind]) -> Result<()> {
+    for bind in binds {
+        if let Some(parent) = bind.staged.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let is_dir = fs::metadata(&bind.source)
+            .with_context(|| format!("bind mount source {}", bind.source))?
+            .is_dir();
+        if is_dir {
+            fs::create_dir_all(&bind.staged)?;
+        } else {
+            fs::File::create(&bind.staged)?;
+        }
+        let mut flags = MsFlags::MS_BIND;
+        if bind.recursive {
+            flags |= MsFlags::MS_REC;
+        }
+        mount(
+            Some(bind.source.as_str()),
+            &bind.staged,
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .with_context(|| format!("staging bind mount {}", bind.source))?;
+    }
+    Ok(())
+}
+
+/// Unmounts everything mounted at or below `dir` (deepest first) and removes it: what a
+/// container's state directory holds (root filesystem, idmapped layers, staged binds).
+pub fn unmount_tree(dir: &Path) {
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut targets: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+        .filter(|t| t == &prefix || t.starts_with(&format!("{prefix}/")))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for target in targets {
+        let _ = umount2(Path::new(&target), MntFlags::MNT_DETACH);
+    }
+    let _ = fs::remove_dir_all(dir);
+}

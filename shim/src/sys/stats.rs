@@ -1,0 +1,99 @@
+//! Container statistics from cgroup v1 (this project's nodes are hybrid: v1 controllers),
+//! in containerd's `io.containerd.cgroups.v1.Metrics` shape that CRI and `ctr task metrics`
+//! decode.
+
+use std::fs;
+use std::path::Path;
+
+use containerd_shim_protos::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
+};
+
+pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+fn read_u64(path: &Path) -> u64 {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn key_values(path: &Path) -> Vec<(String, u64)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Metrics of the cgroup at `cgroups_path` (the spec's absolute `linux.cgroupsPath`).
+pub fn cgroup_v1_metrics(cgroups_path: &str) -> Metrics {
+    let relative = cgroups_path.trim_start_matches('/');
+    let dir = |controller: &str| Path::new(CGROUP_ROOT).join(controller).join(relative);
+
+    let memory_dir = dir("memory");
+    let mut memory = MemoryStat::new();
+    for (key, value) in key_values(&memory_dir.join("memory.stat")) {
+        match key.as_str() {
+            "cache" => memory.cache = value,
+            "rss" => memory.rss = value,
+            "mapped_file" => memory.mapped_file = value,
+            "inactive_anon" => memory.inactive_anon = value,
+            "active_anon" => memory.active_anon = value,
+            "inactive_file" => memory.inactive_file = value,
+            "active_file" => memory.active_file = value,
+            "pgfault" => memory.pg_fault = value,
+            "pgmajfault" => memory.pg_maj_fault = value,
+            "hierarchical_memory_limit" => memory.hierarchical_memory_limit = value,
+            "total_cache" => memory.total_cache = value,
+            "total_rss" => memory.total_rss = value,
+            "total_inactive_file" => memory.total_inactive_file = value,
+            "total_active_file" => memory.total_active_file = value,
+            _ => {}
+        }
+    }
+    let mut usage = MemoryEntry::new();
+    usage.usage = read_u64(&memory_dir.join("memory.usage_in_bytes"));
+    usage.max = read_u64(&memory_dir.join("memory.max_usage_in_bytes"));
+    usage.limit = read_u64(&memory_dir.join("memory.limit_in_bytes"));
+    usage.failcnt = read_u64(&memory_dir.join("memory.failcnt"));
+    memory.usage = Some(usage).into();
+
+    let cpuacct = dir("cpuacct");
+    let mut cpu_usage = CPUUsage::new();
+    cpu_usage.total = read_u64(&cpuacct.join("cpuacct.usage"));
+    cpu_usage.user = read_u64(&cpuacct.join("cpuacct.usage_user"));
+    cpu_usage.kernel = read_u64(&cpuacct.join("cpuacct.usage_sys"));
+    cpu_usage.per_cpu = fs::read_to_string(cpuacct.join("cpuacct.usage_percpu"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let mut throttling = Throttle::new();
+    for (key, value) in key_values(&dir("cpu").join("cpu.stat")) {
+        match key.as_str() {
+            "nr_periods" => throttling.periods = value,
+            "nr_throttled" => throttling.throttled_periods = value,
+            "throttled_time" => throttling.throttled_time = value,
+            _ => {}
+        }
+    }
+    let mut cpu = CPUStat::new();
+    cpu.usage = Some(cpu_usage).into();
+    cpu.throttling = Some(throttling).into();
+
+    let pids_dir = dir("pids");
+    let mut pids = PidsStat::new();
+    pids.current = read_u64(&pids_dir.join("pids.current"));
+    pids.limit = read_u64(&pids_dir.join("pids.max"));
+
+    let mut metrics = Metrics::new();
+    metrics.memory = Some(memory).into();
+    metrics.cpu = Some(cpu).into();
+    metrics.pids = Some(pids).into();
+    metrics
+}
