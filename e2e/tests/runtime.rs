@@ -397,3 +397,42 @@ async fn egress_allow_list_is_enforced_inside_the_pod_even_where_the_cni_ignores
     let (_, reply, _) = cluster.exec(&ns.name, &pod, &["nc", "-w", "3", &allowed_ip, "8081"]);
     assert!(reply.trim().is_empty());
 }
+
+#[tokio::test]
+async fn terminals_work_for_tty_pods_and_for_kubectl_exec_t() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-tty");
+    let pod = runtime_pod(
+        &ns.name,
+        "t",
+        Some(RUNTIME_CLASS),
+        &busybox_image(),
+        &format!("tty; {IDLE_LOOP}"),
+    )
+    .replace(
+        "    command:",
+        "    tty: true\n    stdin: true\n    command:",
+    );
+    cluster.apply(&pod).unwrap();
+    cluster.wait_pod(&ns.name, "t", "condition=Ready").unwrap();
+    let logs = cluster.kubectl_ok(&["-n", &ns.name, "logs", "t"]).unwrap();
+    assert!(
+        logs.trim().starts_with("/dev/pts/"),
+        "container tty: {logs:?}"
+    );
+
+    // kubectl exec -t needs a terminal on its side: `script` gives it one.
+    let kubectl = format!(
+        "{} --kubeconfig {} -n {} exec -it t -- tty",
+        agentsandbox_e2e::state_dir().join("bin/kubectl").display(),
+        agentsandbox_e2e::state_dir().join("kubeconfig").display(),
+        ns.name
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qec", &kubectl, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.trim().starts_with("/dev/pts/"), "exec tty: {text:?}");
+}

@@ -37,6 +37,9 @@ pub struct StdioPaths {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CreateRequest {
     pub id: String,
+    /// The pod's first container pins the pod's user namespace here, mapping container ids
+    /// 0.. onto (host start, size).
+    pub pin_user_namespace: Option<(PathBuf, (u32, u32))>,
     /// libcontainer's state directory.
     pub root: PathBuf,
     /// Directory holding the hardened config.json.
@@ -47,6 +50,8 @@ pub struct CreateRequest {
     pub rootfs_target: PathBuf,
     pub idmap: Option<IdmapPlan>,
     pub binds: Vec<mounts::StagedBind>,
+    /// Where to send the container's terminal (tty: true).
+    pub console_socket: Option<PathBuf>,
     /// Everything the launcher mounts is below this directory (cleaned up on failure).
     pub state_dir: PathBuf,
     pub egress: Option<EgressRules>,
@@ -61,11 +66,12 @@ pub struct ExecRequest {
     pub process: PathBuf,
     pub stdio: StdioPaths,
     pub init_pid: i32,
+    /// Where to send the process's terminal (kubectl exec -t).
+    pub console_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum LaunchRequest {
-    PinUserNamespace { path: PathBuf, range: (u32, u32) },
     Create(Box<CreateRequest>),
     Exec(ExecRequest),
 }
@@ -73,7 +79,6 @@ pub enum LaunchRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum LaunchResponse {
     Pid(i32),
-    Done,
     Failed(String),
 }
 
@@ -173,16 +178,6 @@ pub fn run_launcher() -> i32 {
 
 fn handle(request: LaunchRequest) -> Result<LaunchResponse> {
     match request {
-        LaunchRequest::PinUserNamespace { path, range } => {
-            namespaces::pin_user_namespace(
-                &path,
-                IdRange {
-                    host_start: range.0,
-                    size: range.1,
-                },
-            )?;
-            Ok(LaunchResponse::Done)
-        }
         LaunchRequest::Create(request) => {
             let result = create(&request);
             if result.is_err() {
@@ -243,6 +238,16 @@ fn apply_egress(rules: &EgressRules) -> Result<()> {
 }
 
 fn create(request: &CreateRequest) -> Result<i32> {
+    if let Some((path, (host_start, size))) = &request.pin_user_namespace {
+        namespaces::pin_user_namespace(
+            path,
+            IdRange {
+                host_start: *host_start,
+                size: *size,
+            },
+        )
+        .context("creating the pod's user namespace")?;
+    }
     mounts::mount_rootfs(
         &request.rootfs,
         &request.rootfs_target,
@@ -253,11 +258,17 @@ fn create(request: &CreateRequest) -> Result<i32> {
     if let Some(rules) = &request.egress {
         apply_egress(rules).context("installing the egress firewall")?;
     }
-    let container = ContainerBuilder::new(request.id.clone(), SyscallType::default())
-        .with_root_path(&request.root)?
-        .with_stdin(open_stdio(&request.stdio.stdin, false)?)
-        .with_stdout(open_stdio(&request.stdio.stdout, true)?)
-        .with_stderr(open_stdio(&request.stdio.stderr, true)?)
+    let mut builder = ContainerBuilder::new(request.id.clone(), SyscallType::default())
+        .with_root_path(&request.root)?;
+    if request.console_socket.is_some() {
+        builder = builder.with_console_socket(request.console_socket.as_ref());
+    } else {
+        builder = builder
+            .with_stdin(open_stdio(&request.stdio.stdin, false)?)
+            .with_stdout(open_stdio(&request.stdio.stdout, true)?)
+            .with_stderr(open_stdio(&request.stdio.stderr, true)?);
+    }
+    let container = builder
         .as_init(&request.bundle)
         .with_systemd(false)
         .with_detach(true)
@@ -284,6 +295,7 @@ fn exec(request: &ExecRequest) -> Result<i32> {
             container_id: &request.id,
             init_pid: request.init_pid,
             seccomp: seccomp.as_ref(),
+            console_socket: request.console_socket.as_deref(),
             stdio: [
                 open_stdio(&request.stdio.stdin, false)?,
                 open_stdio(&request.stdio.stdout, true)?,

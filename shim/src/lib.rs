@@ -4,6 +4,7 @@
 //! per-pod user namespaces and id ranges (`idmap`, `sys`), the egress firewall (`egress`) and
 //! the seccomp notification listener (`notify`).
 
+pub mod console;
 pub mod egress;
 pub mod idmap;
 pub mod launcher;

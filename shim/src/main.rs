@@ -9,20 +9,20 @@ const RUNTIME_ID: &str = "io.containerd.agentsandbox.v1";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let action_start = args.iter().any(|a| a == "start");
-    // Run from a sealed copy of the binary so no container can overwrite the shim on the
-    // host (CVE-2019-5736). The `start` action only spawns the daemon from the real path.
-    if !action_start {
+    if args.get(1).map(String::as_str) == Some(LAUNCH_ARG) {
+        // The launcher and the processes it forks are the only ones that enter containers:
+        // they run from a sealed in-memory copy of the binary, so nothing inside a container
+        // can reach the shim's file on the host through /proc/<pid>/exe (CVE-2019-5736).
+        // The long-lived shim process never enters a container and runs from the file.
         if let Err(err) = pentacle::ensure_sealed() {
-            eprintln!("{RUNTIME_ID}: cannot seal the shim binary: {err}");
+            eprintln!("{RUNTIME_ID}: cannot seal the launcher: {err}");
             std::process::exit(1);
         }
-    }
-    if args.get(1).map(String::as_str) == Some(LAUNCH_ARG) {
         std::process::exit(run_launcher());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One pod's worth of requests: a single-threaded runtime is plenty (blocking work goes to
+    // tokio's blocking pool).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");

@@ -27,6 +27,7 @@ use containerd_shim_protos::ttrpc::{self, Code};
 use serde_json::Value;
 use tokio::sync::{watch, Mutex};
 
+use crate::console::{self, ConsoleSocket};
 use crate::egress;
 use crate::idmap::SlotLease;
 use crate::launcher::{
@@ -83,6 +84,9 @@ struct Process {
     exit: watch::Sender<Option<(u32, Timestamp)>>,
     /// For execs: the hardened OCI process, until started.
     spec: Option<PathBuf>,
+    /// Whether the process has a terminal, and its master once it runs.
+    wants_terminal: bool,
+    terminal: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 impl Process {
@@ -93,6 +97,8 @@ impl Process {
             stdio,
             exit: watch::channel(None).0,
             spec: None,
+            wants_terminal: false,
+            terminal: None,
         }
     }
 
@@ -229,11 +235,15 @@ impl Service {
             .map_err(internal)
     }
 
-    /// The pod's user namespace, created with the pod's first container.
-    async fn pod_user_namespace(&self, pod_key: &str) -> Result<(PathBuf, u32), ttrpc::Error> {
+    /// The pod's user namespace: its path, the host uid of its root, and, for the pod's first
+    /// container, the pinning the launcher must do (the id range is claimed here).
+    async fn pod_user_namespace(
+        &self,
+        pod_key: &str,
+    ) -> Result<(PathBuf, u32, Option<(PathBuf, (u32, u32))>), ttrpc::Error> {
         let mut state = self.state.lock().await;
         if let (Some(path), Some(lease)) = (&state.pod.user_namespace, &state.pod.lease) {
-            return Ok((path.clone(), lease.range.host_start));
+            return Ok((path.clone(), lease.range.host_start, None));
         }
         let pod_dir = Path::new(STATE_ROOT)
             .join(&self.namespace)
@@ -243,37 +253,15 @@ impl Service {
         let lease = SlotLease::acquire(&Path::new(STATE_ROOT).join("idmap"), std::process::id())
             .map_err(|e| status_error(Code::RESOURCE_EXHAUSTED, e.to_string()))?;
         let path = pod_dir.join("userns");
-        let response = Self::run_launcher(LaunchRequest::PinUserNamespace {
-            path: path.clone(),
-            range: (lease.range.host_start, lease.range.size),
-        })
-        .await;
-        match response {
-            Ok(LaunchResponse::Done) => {}
-            Ok(LaunchResponse::Failed(message)) => {
-                lease.release();
-                return Err(internal(format!(
-                    "creating the pod's user namespace: {message}"
-                )));
-            }
-            Ok(other) => {
-                lease.release();
-                return Err(internal(format!("unexpected launcher answer {other:?}")));
-            }
-            Err(err) => {
-                lease.release();
-                return Err(err);
-            }
-        }
         tracing::info!(
             host_uid = lease.range.host_start,
             slot = lease.slot,
-            "pod user namespace created"
+            "pod id range claimed"
         );
-        let host_root = lease.range.host_start;
+        let range = (lease.range.host_start, lease.range.size);
         state.pod.lease = Some(lease);
         state.pod.user_namespace = Some(path.clone());
-        Ok((path, host_root))
+        Ok((path.clone(), range.0, Some((path, range))))
     }
 
     async fn release_pod(&self) {
@@ -331,6 +319,27 @@ fn string_map(value: &Value) -> BTreeMap<String, String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The shim's root-only socket directory (seccomp listener, console sockets).
+fn notify_dir() -> PathBuf {
+    Path::new(STATE_ROOT).join("notify")
+}
+
+/// The terminal master of a process just launched, attached to its FIFOs.
+async fn receive_terminal(
+    console: ConsoleSocket,
+    stdio: &StdioPaths,
+) -> Result<Arc<std::os::fd::OwnedFd>, ttrpc::Error> {
+    let stdio = stdio.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<std::os::fd::OwnedFd>> {
+        let master = console.receive_master(std::time::Duration::from_secs(10))?;
+        console::attach(&master, &stdio.stdin, &stdio.stdout)?;
+        Ok(Arc::new(master))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| status_error(Code::UNKNOWN, format!("terminal: {e:#}")))
 }
 
 /// Creates `dir` with every directory from the state root down traversable (0711) but not
@@ -412,7 +421,7 @@ impl Shim for Service {
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let mut service = self.clone();
         service.publisher = Some(Arc::new(publisher));
-        let notify_dir = Path::new(STATE_ROOT).join("notify");
+        let notify_dir = notify_dir();
         let _ = std::fs::create_dir_all(&notify_dir);
         // The notify socket is root's only.
         let _ = std::fs::set_permissions(
@@ -447,12 +456,6 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        if req.terminal {
-            return Err(status_error(
-                Code::UNIMPLEMENTED,
-                "agentsandbox does not allocate terminals for containers yet (tty: true)",
-            ));
-        }
         if !req.checkpoint.is_empty() {
             return Err(status_error(
                 Code::UNIMPLEMENTED,
@@ -468,29 +471,10 @@ impl Task for Service {
             .cloned()
             .unwrap_or_else(|| req.id.clone());
 
-        let (user_namespace, host_root) = self.pod_user_namespace(&pod_key).await?;
-        let mut settings = SandboxSettings::from_annotations(&annotations);
-        settings.user_namespace = Some(user_namespace.to_string_lossy().into_owned());
-        settings.notify_socket = self
-            .notify
-            .as_ref()
-            .map(|n| n.path.to_string_lossy().into_owned());
-        policy::apply_hardening(&mut spec, &settings)
+        // Everything that can refuse the container comes before the pod's id range is
+        // claimed. The egress rules read the pod's resolv.conf before mounts are staged.
+        policy::check_refusals(&spec)
             .map_err(|e| status_error(Code::FAILED_PRECONDITION, e.to_string()))?;
-        let joins = policy::take_namespace_joins(&mut spec);
-
-        // Everything the container's (unprivileged) root must reach lives below its state
-        // directory, whose parents it may traverse but not list.
-        let state_dir = self.container_dir(&req.id);
-        let rootfs_target = state_dir.join("rootfs");
-        create_traversable_dir(&rootfs_target).map_err(internal)?;
-        spec["root"]["path"] = Value::String(rootfs_target.to_string_lossy().into_owned());
-        let binds = mounts::stage_binds(&mut spec, &state_dir.join("mounts"));
-        let cgroups_path = spec["linux"]["cgroupsPath"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-
         let egress = {
             let state = self.state.lock().await;
             if is_sandbox || state.pod.egress_installed {
@@ -499,15 +483,50 @@ impl Task for Service {
                 Self::egress_rules(&spec, &annotations)?
             }
         };
+
+        let (user_namespace, host_root, pin_user_namespace) =
+            self.pod_user_namespace(&pod_key).await?;
+        let pinning = pin_user_namespace.is_some();
+        let mut settings = SandboxSettings::from_annotations(&annotations);
+        settings.user_namespace = Some(user_namespace.to_string_lossy().into_owned());
+        settings.notify_socket = self
+            .notify
+            .as_ref()
+            .map(|n| n.path.to_string_lossy().into_owned());
+        if let Err(err) = policy::apply_hardening(&mut spec, &settings) {
+            if pinning {
+                self.release_pod().await;
+            }
+            return Err(status_error(Code::FAILED_PRECONDITION, err.to_string()));
+        }
+        let joins = policy::take_namespace_joins(&mut spec);
+
+        // Everything the container's (unprivileged) root must reach lives below its state
+        // directory, whose parents it may traverse but not list.
+        let state_dir = self.container_dir(&req.id);
+        let rootfs_target = state_dir.join("rootfs");
+        if let Err(err) = create_traversable_dir(&rootfs_target) {
+            if pinning {
+                self.release_pod().await;
+            }
+            return Err(internal(err));
+        }
+        spec["root"]["path"] = Value::String(rootfs_target.to_string_lossy().into_owned());
+        let binds = mounts::stage_binds(&mut spec, &state_dir.join("mounts"));
+        let cgroups_path = spec["linux"]["cgroupsPath"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+
         let install_egress = egress.is_some();
 
         let my_bundle = state_dir.join("bundle");
-        std::fs::create_dir_all(&my_bundle).map_err(internal)?;
-        std::fs::write(
-            my_bundle.join("config.json"),
-            serde_json::to_vec(&spec).map_err(internal)?,
-        )
-        .map_err(internal)?;
+        let written = std::fs::create_dir_all(&my_bundle).and_then(|_| {
+            std::fs::write(
+                my_bundle.join("config.json"),
+                serde_json::to_vec(&spec).map_err(std::io::Error::other)?,
+            )
+        });
 
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
@@ -531,8 +550,15 @@ impl Task for Service {
                 options: vec!["rbind".into()],
             });
         }
+        let console = if req.terminal {
+            Some(ConsoleSocket::bind(&notify_dir()).map_err(internal)?)
+        } else {
+            None
+        };
         let request = CreateRequest {
+            console_socket: console.as_ref().map(|c| c.path.clone()),
             id: req.id.clone(),
+            pin_user_namespace,
             root: self.libcontainer_root(),
             bundle: my_bundle,
             stdio: stdio.clone(),
@@ -548,16 +574,31 @@ impl Task for Service {
             state_dir: state_dir.clone(),
             egress,
         };
-        let pid = match Self::run_launcher(LaunchRequest::Create(Box::new(request))).await? {
-            LaunchResponse::Pid(pid) => pid,
-            LaunchResponse::Failed(message) => {
+        let launched = match written {
+            Ok(()) => Self::run_launcher(LaunchRequest::Create(Box::new(request))).await,
+            Err(err) => Err(internal(err)),
+        };
+        let failure = match launched {
+            Ok(LaunchResponse::Pid(pid)) => Ok(pid),
+            Ok(LaunchResponse::Failed(message)) => Err(status_error(Code::UNKNOWN, message)),
+            Err(err) => Err(err),
+        };
+        let failure = match (failure, console) {
+            (Ok(pid), Some(console)) => receive_terminal(console, &stdio)
+                .await
+                .map(|master| (pid, Some(master))),
+            (Ok(pid), None) => Ok((pid, None)),
+            (Err(err), _) => Err(err),
+        };
+        let (pid, terminal) = match failure {
+            Ok(launched) => launched,
+            Err(err) => {
                 mounts::unmount_tree(&state_dir);
-                if is_sandbox {
+                if pinning || is_sandbox {
                     self.release_pod().await;
                 }
-                return Err(status_error(Code::UNKNOWN, message));
+                return Err(err);
             }
-            LaunchResponse::Done => return Err(internal("launcher returned no pid")),
         };
         {
             let mut state = self.state.lock().await;
@@ -571,7 +612,11 @@ impl Task for Service {
                     state_dir,
                     cgroups_path,
                     is_sandbox: is_sandbox || !annotations.contains_key(SANDBOX_ID),
-                    init: Process::new(pid, stdio),
+                    init: Process {
+                        wants_terminal: terminal.is_some(),
+                        terminal,
+                        ..Process::new(pid, stdio)
+                    },
                     execs: HashMap::new(),
                 },
             );
@@ -653,7 +698,7 @@ impl Task for Service {
             });
         }
 
-        let (request_process, stdio, init_pid) = {
+        let (request_process, stdio, init_pid, wants_terminal) = {
             let state = self.state.lock().await;
             let container = state
                 .containers
@@ -675,20 +720,31 @@ impl Task for Service {
                     .ok_or_else(|| internal("exec has no process"))?,
                 exec.stdio.clone(),
                 container.init.pid,
+                exec.wants_terminal,
             )
         };
+        let console = if wants_terminal {
+            Some(ConsoleSocket::bind(&notify_dir()).map_err(internal)?)
+        } else {
+            None
+        };
+        tracing::info!(container = %req.id, exec = %req.exec_id, terminal = wants_terminal, "starting exec");
         let response = Self::run_launcher(LaunchRequest::Exec(ExecRequest {
             id: req.id.clone(),
             bundle: self.container_dir(&req.id).join("bundle"),
             process: request_process,
-            stdio,
+            stdio: stdio.clone(),
             init_pid,
+            console_socket: console.as_ref().map(|c| c.path.clone()),
         }))
         .await?;
         let pid = match response {
             LaunchResponse::Pid(pid) => pid,
             LaunchResponse::Failed(message) => return Err(status_error(Code::UNKNOWN, message)),
-            LaunchResponse::Done => return Err(internal("launcher returned no pid")),
+        };
+        let terminal = match console {
+            Some(console) => Some(receive_terminal(console, &stdio).await?),
+            None => None,
         };
         {
             let mut state = self.state.lock().await;
@@ -699,6 +755,7 @@ impl Task for Service {
             {
                 exec.pid = pid;
                 exec.status = ProcessStatus::Running;
+                exec.terminal = terminal;
             }
         }
         self.register_pid(pid, &req.id, Some(req.exec_id.clone()))
@@ -724,12 +781,6 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
-        if req.terminal {
-            return Err(status_error(
-                Code::UNIMPLEMENTED,
-                "agentsandbox does not allocate terminals yet: use kubectl exec without -t",
-            ));
-        }
         let mut process: Value = serde_json::from_slice(&req.spec.value)
             .map_err(|e| status_error(Code::INVALID_ARGUMENT, format!("exec process: {e}")))?;
         policy::harden_exec_process(&mut process)
@@ -766,6 +817,7 @@ impl Task for Service {
                 },
             );
             exec.spec = Some(path);
+            exec.wants_terminal = req.terminal;
             container.execs.insert(req.exec_id.clone(), exec);
         }
         self.publish(
@@ -906,7 +958,7 @@ impl Task for Service {
             stdin: process.stdio.stdin.clone(),
             stdout: process.stdio.stdout.clone(),
             stderr: process.stdio.stderr.clone(),
-            terminal: false,
+            terminal: process.wants_terminal,
             exit_status,
             exited_at: exited_at.into(),
             exec_id: req.exec_id.clone(),
@@ -1081,9 +1133,11 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        // No process of ours has a terminal: nothing to resize.
         let state = self.state.lock().await;
-        Self::find(&state, &req.id, &req.exec_id)?;
+        let process = Self::find(&state, &req.id, &req.exec_id)?;
+        if let Some(master) = &process.terminal {
+            console::resize(master, req.width as u16, req.height as u16).map_err(internal)?;
+        }
         Ok(api::Empty::new())
     }
 

@@ -3,13 +3,16 @@
 //!
 //! - apply -> Ready latency: a bare Pod (what the sandbox's pod costs by itself) vs an
 //!   AgentSandbox (operator + pod), sequentially, median and p90 over N;
-//! - operator memory (VmRSS of the leader, from its /metrics) idle and with M sandboxes.
+//! - operator memory (VmRSS of the leader, from its /metrics) idle and with M sandboxes;
+//! - the runtime: container start latency (create -> start -> exit of `true`, through
+//!   containerd, `ctr run --rm`) and shim memory per pod, containerd-shim-runc-v2 vs
+//!   containerd-shim-agentsandbox-v1 on the same containerd, interleaved.
 
 use std::time::{Duration, Instant};
 
 use agentsandbox_e2e::{
-    busybox_pod, operator_pods, sandbox_yaml, wait_sandbox_ready, wait_until, Cluster,
-    AGENTSANDBOX_NAMESPACE, IDLE_LOOP,
+    busybox_image, busybox_pod, containerd_socket, operator_pods, sandbox_yaml, wait_sandbox_ready,
+    wait_until, Cluster, AGENTSANDBOX_NAMESPACE, IDLE_LOOP,
 };
 use agentsandbox_operator::api::AgentSandbox;
 use k8s_openapi::api::core::v1::Pod;
@@ -97,8 +100,178 @@ fn leader_rss(cluster: &Cluster) -> Option<(String, f64)> {
     best.map(|(pod, _, rss)| (pod, rss / (1024.0 * 1024.0)))
 }
 
+const RUNTIMES: [(&str, &str); 2] = [
+    ("runc (containerd-shim-runc-v2)", "io.containerd.runc.v2"),
+    ("agentsandbox", "io.containerd.agentsandbox.v1"),
+];
+
+fn ctr(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("/usr/bin/ctr")
+        .args(["-a", &containerd_socket(), "-n", "k8s.io"])
+        .args(args)
+        .output()
+        .expect("ctr runs")
+}
+
+/// create -> start -> exit of `true` -> delete, through containerd, per runtime.
+fn runtime_start_latencies(n: usize) -> Vec<Vec<Duration>> {
+    let image = busybox_image();
+    let mut samples = vec![Vec::new(); RUNTIMES.len()];
+    // Two warm-up rounds, then n measured ones, the runtimes interleaved.
+    for round in 0..n + 2 {
+        for (index, (_, runtime)) in RUNTIMES.iter().enumerate() {
+            let id = format!("bench-start-{index}-{round}");
+            let started = Instant::now();
+            let output = ctr(&["run", "--rm", "--runtime", runtime, &image, &id, "true"]);
+            let elapsed = started.elapsed();
+            assert!(
+                output.status.success(),
+                "ctr run under {runtime}: {output:?}"
+            );
+            if round >= 2 {
+                samples[index].push(elapsed);
+            }
+        }
+    }
+    samples
+}
+
+fn kib_field(text: &str, field: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// (RSS, PSS) of a process in MiB. PSS divides pages shared with other processes (the shim
+/// binary's code, mapped by every shim on the node) among them: the per-pod cost.
+fn shim_memory_mib(pid: &str) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    Some((
+        kib_field(&status, "VmRSS:")? / 1024.0,
+        kib_field(&rollup, "Pss:")? / 1024.0,
+    ))
+}
+
+fn shim_pid(id: &str) -> Option<String> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let name = e.file_name().into_string().ok()?;
+        name.parse::<u32>().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{name}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_shim = args.iter().any(|a| *a == b"-address")
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"-id" && w[1] == id.as_bytes());
+        is_shim.then_some(name)
+    })
+}
+
+/// Average memory of the shims serving `pods` running containers (one pod each).
+fn shim_memory(runtime: &str, tag: usize, pods: usize) -> Option<(f64, f64)> {
+    let image = busybox_image();
+    let ids: Vec<String> = (0..pods).map(|i| format!("bench-mem-{tag}-{i}")).collect();
+    for id in &ids {
+        let output = ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            &image,
+            id,
+            "sleep",
+            "600",
+        ]);
+        assert!(
+            output.status.success(),
+            "ctr run -d under {runtime}: {output:?}"
+        );
+    }
+    let samples: Vec<(f64, f64)> = ids
+        .iter()
+        .filter_map(|id| shim_pid(id).as_deref().and_then(shim_memory_mib))
+        .collect();
+    for id in &ids {
+        let _ = ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        let _ = wait_until_exit(id);
+        let _ = ctr(&["task", "rm", "-f", id]);
+        let _ = ctr(&["container", "rm", id]);
+    }
+    (samples.len() == pods).then(|| {
+        let n = pods as f64;
+        (
+            samples.iter().map(|s| s.0).sum::<f64>() / n,
+            samples.iter().map(|s| s.1).sum::<f64>() / n,
+        )
+    })
+}
+
+fn wait_until_exit(id: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let out = ctr(&["task", "ls"]);
+        let listing = String::from_utf8_lossy(&out.stdout);
+        if !listing
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("RUNNING"))
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn runtime_bench(n: usize) {
+    println!("== runtime: create -> start -> exit of `true` (ctr run --rm), n={n}, interleaved");
+    let mut samples = runtime_start_latencies(n);
+    let medians: Vec<f64> = samples.iter_mut().map(|s| ms(percentile(s, 0.5))).collect();
+    println!("{:<32} {:>10}", "", "p50 ms");
+    for ((name, _), median) in RUNTIMES.iter().zip(&medians) {
+        println!("{name:<32} {median:>10.1}");
+    }
+    println!("ratio agentsandbox / runc: {:.2}x", medians[1] / medians[0]);
+
+    let pods = 5;
+    println!(
+        "\n== runtime: shim memory per pod, {pods} pods running per runtime (average RSS and PSS)"
+    );
+    let rss: Vec<Option<(f64, f64)>> = RUNTIMES
+        .iter()
+        .enumerate()
+        .map(|(i, (_, runtime))| shim_memory(runtime, i, pods))
+        .collect();
+    for ((name, _), value) in RUNTIMES.iter().zip(&rss) {
+        match value {
+            Some((rss, private)) => {
+                println!("{name:<32} RSS {rss:>6.1} MiB   PSS {private:>6.1} MiB")
+            }
+            None => println!("{name:<32} unavailable"),
+        }
+    }
+    if let (Some(runc), Some(ours)) = (rss[0], rss[1]) {
+        println!(
+            "ratio agentsandbox / runc: RSS {:.2}x, PSS {:.2}x",
+            ours.0 / runc.0,
+            ours.1 / runc.1
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
+    let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "runtime,cluster".into());
+    if sections.contains("runtime") {
+        runtime_bench(env_usize("BENCH_RUNTIME_N", 20));
+        println!();
+    }
+    if !sections.contains("cluster") {
+        return;
+    }
     let cluster = Cluster::connect().await;
     let n = env_usize("BENCH_SANDBOXES", 20);
     let m = env_usize("BENCH_SCALE", 500);

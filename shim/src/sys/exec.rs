@@ -25,7 +25,26 @@ pub struct ExecContext<'a> {
     pub container_id: &'a str,
     pub init_pid: i32,
     pub seccomp: Option<&'a LinuxSeccomp>,
+    /// When set, the process gets a new terminal whose master is sent here.
+    pub console_socket: Option<&'a Path>,
     pub stdio: [OwnedFd; 3],
+}
+
+/// A new pseudo-terminal from the container's own devpts (a host one would not resolve to a
+/// name inside the container), its master sent to the shim over `console`; returns the slave.
+fn terminal_for(console: &UnixStream) -> Result<OwnedFd> {
+    let pty = nix::pty::openpty(None, None).context("openpty in the container")?;
+    let stream = console;
+    let fds = [pty.master.as_raw_fd()];
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[std::io::IoSlice::new(b"/dev/ptmx")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("sending the terminal to the shim")?;
+    Ok(pty.slave)
 }
 
 fn join_cgroups(init_pid: i32) -> Result<()> {
@@ -76,6 +95,11 @@ fn resolve(program: &str, env: &[String]) -> Option<String> {
 /// Starts `process` in the container; returns its host pid once it has exec'd.
 pub fn exec_in_container(process: &Process, context: ExecContext) -> Result<i32> {
     let pid = context.init_pid;
+    // Host paths: reached before leaving the host's mounts.
+    let console = match context.console_socket {
+        Some(path) => Some(UnixStream::connect(path).context("connecting to the console socket")?),
+        None => None,
+    };
     join_cgroups(pid).context("joining the container's cgroups")?;
     let open_ns = |kind: &str| -> Result<File> {
         File::open(format!("/proc/{pid}/ns/{kind}")).with_context(|| format!("namespace {kind}"))
@@ -108,13 +132,17 @@ pub fn exec_in_container(process: &Process, context: ExecContext) -> Result<i32>
         setns(file, *flag).with_context(|| format!("entering the {} namespace", ns_name(*flag)))?;
     }
     drop(namespaces);
+    let terminal = match &console {
+        Some(stream) => Some(terminal_for(stream)?),
+        None => None,
+    };
 
     let (error_read, error_write) = pipe()?;
     // SAFETY: the launcher is single-threaded.
     match unsafe { fork() }? {
         ForkResult::Child => {
             drop(error_read);
-            let error = become_process(process, &context, listener).unwrap_err();
+            let error = become_process(process, &context, listener, terminal).unwrap_err();
             let _ = File::from(error_write).write_all(format!("{error:#}").as_bytes());
             // SAFETY: leave without running destructors of the launcher's state.
             unsafe { libc::_exit(127) }
@@ -148,9 +176,21 @@ fn become_process(
     process: &Process,
     context: &ExecContext,
     listener: Option<UnixStream>,
+    terminal: Option<OwnedFd>,
 ) -> Result<std::convert::Infallible> {
-    for (fd, target) in context.stdio.iter().zip(0..3) {
-        nix::unistd::dup2(fd.as_raw_fd(), target)?;
+    if let Some(slave) = &terminal {
+        nix::unistd::setsid().context("setsid")?;
+        // SAFETY: TIOCSCTTY on our own terminal descriptor.
+        if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+            bail!("TIOCSCTTY: {}", std::io::Error::last_os_error());
+        }
+        for target in 0..3 {
+            nix::unistd::dup2(slave.as_raw_fd(), target)?;
+        }
+    } else {
+        for (fd, target) in context.stdio.iter().zip(0..3) {
+            nix::unistd::dup2(fd.as_raw_fd(), target)?;
+        }
     }
     let user = process.user();
     let gids: Vec<Gid> = user
