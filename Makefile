@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down deps test test-unit test-e2e lint build bench crds images
+.PHONY: critest help up down deps test test-unit test-e2e lint build bench crds images
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,3 +44,6 @@ bench: ## measurements against baselines on the local cluster (starts/updates it
 crds: ## regenerate crds/ from the Rust API types
 	cargo run -q --locked -p agentsandbox-operator --bin crdgen > crds/agentsandbox.io_agentsandboxes.yaml
 	cp crds/agentsandbox.io_agentsandboxes.yaml charts/agentsandbox/files/crds/
+
+critest: ## CRI conformance (cri-tools' critest) of the agentsandbox runtime vs runc, on its own containerd (needs `make up`)
+	bash e2e/critest.sh

@@ -32,17 +32,6 @@ install_apt_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# content_key DIR: a short hash of a wrapper module's files, so editing it rebuilds.
-content_key() {
-  (cd "$1" && cat go.mod go.sum ./*.go | sha256sum | cut -c1-12)
-}
-
-# publish TMP DEST: move a finished build into place atomically; partial builds never count.
-publish() {
-  rm -rf "$2"
-  mv "$1" "$2"
-}
-
 build_kubernetes() {
   local dir=$E2E_DIR/gomod/kubernetes
   local out

@@ -114,6 +114,17 @@ write_if_changed() {
   fi
 }
 
+# content_key DIR: a short hash of a wrapper module's files, so editing it rebuilds.
+content_key() {
+  (cd "$1" && cat go.mod go.sum ./*.go | sha256sum | cut -c1-12)
+}
+
+# publish TMP DEST: move a finished build into place atomically; partial builds never count.
+publish() {
+  rm -rf "$2"
+  mv "$1" "$2"
+}
+
 # install_if_changed SRC DST: copies an executable unless DST already has the same content
 # (a new file, never rewritten in place: running copies keep their inode).
 install_if_changed() {

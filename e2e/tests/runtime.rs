@@ -211,6 +211,20 @@ async fn exec_logs_exit_codes_and_delete_work_and_leave_nothing_behind() {
     assert_eq!(logs.trim(), "hello-from-the-sandbox");
     let (code, out, _) = cluster.exec(&ns.name, "p", &["sh", "-c", "echo exec-works; exit 7"]);
     assert_eq!((code, out.trim()), (7, "exec-works"));
+    // An exec whose process outlives it (a detached background job) returns at once: nothing
+    // of the runtime's own plumbing is inherited by the exec'd process.
+    let started = std::time::Instant::now();
+    let (code, _, err) = cluster.exec(
+        &ns.name,
+        "p",
+        &["sh", "-c", "sleep 20 </dev/null >/dev/null 2>&1 &"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "exec took {:?}",
+        started.elapsed()
+    );
 
     let container = cluster
         .pod_field(&ns.name, "p", "{.status.containerStatuses[0].containerID}")
@@ -435,4 +449,77 @@ async fn terminals_work_for_tty_pods_and_for_kubectl_exec_t() {
         .expect("script runs");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.trim().starts_with("/dev/pts/"), "exec tty: {text:?}");
+}
+
+#[tokio::test]
+async fn an_oom_killed_container_is_reported_as_oom_killed() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-oom");
+    let pod = runtime_pod(
+        &ns.name,
+        "oom",
+        Some(RUNTIME_CLASS),
+        &busybox_image(),
+        "dd if=/dev/zero of=/dev/null bs=64M count=1",
+    )
+    .replace(
+        "    command:",
+        "    resources: {limits: {memory: 24Mi}}\n    command:",
+    );
+    cluster.apply(&pod).unwrap();
+    cluster
+        .wait_pod(&ns.name, "oom", "jsonpath={.status.phase}=Failed")
+        .unwrap();
+    let reason = cluster
+        .pod_field(
+            &ns.name,
+            "oom",
+            "{.status.containerStatuses[0].state.terminated.reason}",
+        )
+        .unwrap();
+    let code = cluster
+        .pod_field(
+            &ns.name,
+            "oom",
+            "{.status.containerStatuses[0].state.terminated.exitCode}",
+        )
+        .unwrap();
+    assert_eq!((reason.as_str(), code.as_str()), ("OOMKilled", "137"));
+}
+
+#[tokio::test]
+async fn a_sandbox_serves_on_a_low_port_in_its_own_network_namespace() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-port");
+    cluster
+        .apply(&runtime_pod(
+            &ns.name,
+            "web",
+            Some(RUNTIME_CLASS),
+            &busybox_image(),
+            "trap 'exit 0' TERM; nc -ll -p 80 -e echo low-port-greeting & wait",
+        ))
+        .unwrap();
+    cluster
+        .apply(&busybox_pod(&ns.name, "client", IDLE_LOOP))
+        .unwrap();
+    cluster
+        .wait_pod(&ns.name, "web", "condition=Ready")
+        .unwrap();
+    cluster
+        .wait_pod(&ns.name, "client", "condition=Ready")
+        .unwrap();
+    let ip = cluster
+        .pod_field(&ns.name, "web", "{.status.podIP}")
+        .unwrap();
+    let reply = wait_until_sync(
+        "the sandbox to answer on port 80",
+        Duration::from_secs(30),
+        || {
+            let (_, out, _) = cluster.exec(&ns.name, "client", &["nc", "-w", "2", &ip, "80"]);
+            out.contains("low-port-greeting").then_some(out)
+        },
+    )
+    .unwrap();
+    assert_eq!(reply.trim(), "low-port-greeting");
 }

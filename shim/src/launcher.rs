@@ -255,6 +255,13 @@ fn create(request: &CreateRequest) -> Result<i32> {
     )?;
     mounts::bind_staged(&request.binds)?;
     namespaces::join(&request.joins)?;
+    if request.pin_user_namespace.is_some() && request.joins.network.is_some() {
+        // Ports below 1024 are "privileged" in a network namespace the host owns, which the
+        // sandbox's root (root of its own user namespace only) is not: in the pod's own
+        // network namespace every port is the pod's to bind (nginx on 80).
+        std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
+            .context("opening low ports to the pod's own network namespace")?;
+    }
     if let Some(rules) = &request.egress {
         apply_egress(rules).context("installing the egress firewall")?;
     }

@@ -15,7 +15,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, Error as ShimError, Flags, StartOpts, TtrpcResult};
 use containerd_shim_protos::api;
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -36,7 +36,7 @@ use crate::launcher::{
 use crate::notify::NotifyListener;
 use crate::policy::{self, SandboxSettings};
 use crate::sys::mounts::{self, IdmapPlan, RootfsMount};
-use crate::sys::{namespaces, stats};
+use crate::sys::{namespaces, oom, stats};
 
 /// Where the shim keeps its state (root-only).
 pub const STATE_ROOT: &str = "/run/agentsandbox";
@@ -214,6 +214,32 @@ impl Service {
             Box::new(event),
         )
         .await;
+    }
+
+    /// Tells containerd about OOM kills in the container (CRI reports reason OOMKilled).
+    fn watch_oom(&self, id: &str, cgroups_path: &str) {
+        let service = self.clone();
+        let container_id = id.to_string();
+        let runtime = tokio::runtime::Handle::current();
+        let watched = oom::watch(cgroups_path, move || {
+            let service = service.clone();
+            let container_id = container_id.clone();
+            runtime.spawn(async move {
+                tracing::warn!(container = %container_id, "out of memory: a process was killed");
+                service
+                    .publish(
+                        containerd_shim_protos::topics::TASK_OOM_EVENT_TOPIC,
+                        Box::new(TaskOOM {
+                            container_id,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+            });
+        });
+        if let Err(err) = watched {
+            tracing::warn!(container = %id, error = %format!("{err:#}"), "no OOM notifications");
+        }
     }
 
     /// Registers a pid, applying an exit that raced ahead of the registration.
@@ -519,6 +545,7 @@ impl Task for Service {
             .to_string();
 
         let install_egress = egress.is_some();
+        let cgroups_path_for_oom = cgroups_path.clone();
 
         let my_bundle = state_dir.join("bundle");
         let written = std::fs::create_dir_all(&my_bundle).and_then(|_| {
@@ -623,6 +650,7 @@ impl Task for Service {
         }
         self.register_pid(pid, &req.id, None).await;
         tracing::info!(container = %req.id, pid, sandbox = is_sandbox, "container created");
+        self.watch_oom(&req.id, &cgroups_path_for_oom);
 
         self.publish(
             containerd_shim_protos::topics::TASK_CREATE_EVENT_TOPIC,

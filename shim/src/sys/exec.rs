@@ -15,9 +15,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use nix::fcntl::OFlag;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use nix::unistd::{fork, pipe, ForkResult, Gid, Uid};
+use nix::unistd::{fork, pipe2, ForkResult, Gid, Uid};
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
 /// What the child needs besides the process itself.
@@ -34,6 +35,10 @@ pub struct ExecContext<'a> {
 /// name inside the container), its master sent to the shim over `console`; returns the slave.
 fn terminal_for(console: &UnixStream) -> Result<OwnedFd> {
     let pty = nix::pty::openpty(None, None).context("openpty in the container")?;
+    nix::fcntl::fcntl(
+        pty.slave.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
     let stream = console;
     let fds = [pty.master.as_raw_fd()];
     sendmsg::<()>(
@@ -137,7 +142,7 @@ pub fn exec_in_container(process: &Process, context: ExecContext) -> Result<i32>
         None => None,
     };
 
-    let (error_read, error_write) = pipe()?;
+    let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC)?;
     // SAFETY: the launcher is single-threaded.
     match unsafe { fork() }? {
         ForkResult::Child => {

@@ -4,4 +4,5 @@
 pub mod exec;
 pub mod mounts;
 pub mod namespaces;
+pub mod oom;
 pub mod stats;

@@ -6,10 +6,11 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use nix::fcntl::OFlag;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::wait::waitpid;
-use nix::unistd::{fork, pipe, ForkResult};
+use nix::unistd::{fork, pipe2, ForkResult};
 
 use crate::idmap::IdRange;
 use crate::policy::NamespaceJoins;
@@ -19,8 +20,8 @@ use crate::policy::NamespaceJoins;
 /// it. Must run in a single-threaded process (it forks).
 pub fn pin_user_namespace(path: &Path, range: IdRange) -> Result<()> {
     File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let (ready_read, ready_write) = pipe()?;
-    let (done_read, done_write) = pipe()?;
+    let (ready_read, ready_write) = pipe2(OFlag::O_CLOEXEC)?;
+    let (done_read, done_write) = pipe2(OFlag::O_CLOEXEC)?;
     // SAFETY: the launcher is single-threaded; the child only makes raw syscalls and exits.
     match unsafe { fork() }? {
         ForkResult::Child => {

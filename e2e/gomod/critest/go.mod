@@ -1,0 +1,7 @@
+// Wrapper module: builds cri-tools' critest (a test binary, so `go install` cannot) at the
+// crictl version from the Go module proxy.
+module agentsandbox.io/e2e/critest
+
+go 1.26.0
+
+require sigs.k8s.io/cri-tools v1.34.0
