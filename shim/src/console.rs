@@ -3,8 +3,7 @@
 //! copies between it and containerd's FIFOs and resizes it on ResizePty.
 
 use std::fs::{File, OpenOptions};
-use std::io::IoSliceMut;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -12,7 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+use crate::sys::fd_passing::receive_fd;
 
 /// A socket waiting for one pseudo-terminal master.
 pub struct ConsoleSocket {
@@ -52,24 +52,8 @@ impl ConsoleSocket {
         };
         stream.set_nonblocking(false)?;
         let _ = std::fs::remove_file(&self.path);
-        let mut buffer = [0u8; 4096];
-        let mut cmsg = nix::cmsg_space!(RawFd);
-        let mut iov = [IoSliceMut::new(&mut buffer)];
-        let msg = recvmsg::<()>(
-            stream.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                if let Some(fd) = fds.first() {
-                    // SAFETY: installed in our table by the kernel for us.
-                    return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-                }
-            }
-        }
-        Err(anyhow!("the console socket message carried no terminal"))
+        let (_, master) = receive_fd(&stream).context("receiving the terminal")?;
+        Ok(master)
     }
 }
 

@@ -5,18 +5,17 @@
 //! afterwards. Arguments are never used for the decision (reading them is racy).
 
 use std::collections::BTreeMap;
-use std::io::IoSliceMut;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use libseccomp::{ScmpNotifReq, ScmpNotifResp, ScmpNotifRespFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use serde::Deserialize;
 
 use crate::policy::seccomp::category_of;
+use crate::sys::fd_passing::receive_fd;
 
 /// One denied attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,31 +75,6 @@ impl NotifyListener {
             attempts,
         })
     }
-}
-
-fn receive_fd(stream: &UnixStream) -> anyhow::Result<(Vec<u8>, OwnedFd)> {
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut cmsg = nix::cmsg_space!(RawFd);
-    let (bytes, fd) = {
-        let mut iov = [IoSliceMut::new(&mut buffer)];
-        let msg = recvmsg::<()>(
-            stream.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        let mut fd = None;
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                fd = fds.first().copied();
-            }
-        }
-        (msg.bytes, fd)
-    };
-    let fd = fd.ok_or_else(|| anyhow::anyhow!("no seccomp fd in the message"))?;
-    buffer.truncate(bytes);
-    // SAFETY: the kernel just installed this descriptor in our table for us.
-    Ok((buffer, unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 fn serve_container(stream: UnixStream, attempts: Arc<Mutex<EscapeAttempts>>) -> anyhow::Result<()> {

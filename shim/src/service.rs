@@ -323,6 +323,17 @@ impl Service {
             .map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))
     }
 
+    /// The container's absolute cgroup path (the spec's linux.cgroupsPath).
+    async fn cgroups_path(&self, id: &str) -> Result<String, ttrpc::Error> {
+        let state = self.state.lock().await;
+        Ok(state
+            .containers
+            .get(id)
+            .ok_or_else(|| not_found(id))?
+            .cgroups_path
+            .clone())
+    }
+
     fn find<'a>(state: &'a State, id: &str, exec_id: &str) -> Result<&'a Process, ttrpc::Error> {
         let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
         if exec_id.is_empty() {
@@ -1023,15 +1034,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        let cgroups_path = {
-            let state = self.state.lock().await;
-            state
-                .containers
-                .get(&req.id)
-                .ok_or_else(|| not_found(&req.id))?
-                .cgroups_path
-                .clone()
-        };
+        let cgroups_path = self.cgroups_path(&req.id).await?;
         let procs = std::fs::read_to_string(
             Path::new("/sys/fs/cgroup/pids")
                 .join(cgroups_path.trim_start_matches('/'))
@@ -1056,15 +1059,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let cgroups_path = {
-            let state = self.state.lock().await;
-            state
-                .containers
-                .get(&req.id)
-                .ok_or_else(|| not_found(&req.id))?
-                .cgroups_path
-                .clone()
-        };
+        let cgroups_path = self.cgroups_path(&req.id).await?;
         let metrics = stats::cgroup_v1_metrics(&cgroups_path);
         Ok(api::StatsResponse {
             stats: Some(Any {
@@ -1082,15 +1077,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
-        let cgroups_path = {
-            let state = self.state.lock().await;
-            state
-                .containers
-                .get(&req.id)
-                .ok_or_else(|| not_found(&req.id))?
-                .cgroups_path
-                .clone()
-        };
+        let cgroups_path = self.cgroups_path(&req.id).await?;
         let mut resources: Value = serde_json::from_slice(&req.resources.value)
             .map_err(|e| status_error(Code::INVALID_ARGUMENT, format!("resources: {e}")))?;
         // The pids limit never rises above the policy's.

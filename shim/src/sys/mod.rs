@@ -2,6 +2,7 @@
 //! image layers, joining the pod's namespaces, cgroup v1 statistics.
 
 pub mod exec;
+pub mod fd_passing;
 pub mod mounts;
 pub mod namespaces;
 pub mod oom;
