@@ -6,8 +6,7 @@
 # shellcheck source=e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-step "building release binaries"
-(cd "$ROOT" && cargo build --release --locked -p agentsandbox-operator)
+build_release_binaries
 
 # build_binary_image NAME: agentsandbox.local/NAME:<hash>, the release binary NAME with the
 # shared libraries it loads; prints the tag.

@@ -159,3 +159,11 @@ cluster_is_up() {
   done
   kubectl_admin get --raw=/readyz >/dev/null 2>&1
 }
+
+# The product's release binaries (operator, node agent, shim), always built as one set: cargo
+# unifies features across the packages of one invocation, so building a subset would rebuild
+# the shared dependencies with other features.
+build_release_binaries() {
+  step "building release binaries (operator, node agent, shim)"
+  (cd "$ROOT" && cargo build --release --locked -p agentsandbox-operator -p agentsandbox-shim)
+}

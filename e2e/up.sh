@@ -282,8 +282,7 @@ runtime_stanzas() {
 # The product's release binaries; the shim goes onto containerd's PATH (the chart's node agent
 # does this on real clusters).
 build_product() {
-  step "building release binaries (operator, node agent, shim)"
-  (cd "$ROOT" && cargo build --release --locked -p agentsandbox-operator -p agentsandbox-shim)
+  build_release_binaries
   install_if_changed "$ROOT/target/release/containerd-shim-agentsandbox-v1" "$BIN/containerd-shim-agentsandbox-v1"
 }
 

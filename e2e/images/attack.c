@@ -2,7 +2,14 @@
  * line per technique: "<technique> <syscall> <outcome>", outcome being "ALLOWED" when the call
  * succeeded or the errno name when it failed. Every attempt is harmless when it succeeds
  * (nothing is loaded, written to the host, or left behind). Exit status 0 always: the outcome
- * is in the output. Usage: agentsandbox-attack [technique ...] (default: all). */
+ * is in the output. The last line is "done <unix-ns>", when the last attempt returned.
+ * Usage: agentsandbox-attack [technique ...]      (default: all techniques)
+ *        agentsandbox-attack flood N INTERVAL_US   N unshare(CLONE_NEWUSER) attempts, paced;
+ *                                                  prints "flood N denied D" and then waits
+ *        agentsandbox-attack paced N INTERVAL_MS   prints "attempt K <unix-ns>" before each
+ *                                                  attempt, then waits
+ *        agentsandbox-attack cost N                ns per call of a notified syscall
+ *                                                  (unshare) vs an errno-only one (acct) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +28,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *errname(int e) {
@@ -204,8 +212,66 @@ static const struct technique techniques[] = {
     {"overwrite-proc-self-exe", t_proc_self_exe},
 };
 
+static long long now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static long long mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void wait_forever(void) {
+  fflush(stdout);
+  for (;;) pause();
+}
+
+static int flood(long count, long interval_us) {
+  long denied = 0;
+  for (long i = 0; i < count; i++) {
+    if (unshare(CLONE_NEWUSER) < 0 && errno == EPERM) denied++;
+    if (interval_us > 0) usleep(interval_us);
+  }
+  printf("flood %ld denied %ld\n", count, denied);
+  printf("done %lld\n", now_ns());
+  wait_forever();
+  return 0;
+}
+
+static int paced(long count, long interval_ms) {
+  for (long i = 1; i <= count; i++) {
+    printf("attempt %ld %lld\n", i, now_ns());
+    fflush(stdout);
+    unshare(CLONE_NEWUSER);
+    usleep(interval_ms * 1000);
+  }
+  printf("done %lld\n", now_ns());
+  wait_forever();
+  return 0;
+}
+
+static int cost(long count) {
+  long long start = mono_ns();
+  for (long i = 0; i < count; i++) unshare(CLONE_NEWUSER);
+  long long notified = mono_ns() - start;
+  start = mono_ns();
+  for (long i = 0; i < count; i++) syscall(SYS_acct, NULL);
+  long long errno_only = mono_ns() - start;
+  printf("cost calls %ld notified_ns %lld errno_ns %lld\n", count, notified / count, errno_only / count);
+  printf("done %lld\n", now_ns());
+  wait_forever();
+  return 0;
+}
+
 int main(int argc, char **argv) {
   size_t n = sizeof techniques / sizeof techniques[0];
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc == 4 && strcmp(argv[1], "flood") == 0) return flood(atol(argv[2]), atol(argv[3]));
+  if (argc == 4 && strcmp(argv[1], "paced") == 0) return paced(atol(argv[2]), atol(argv[3]));
+  if (argc == 3 && strcmp(argv[1], "cost") == 0) return cost(atol(argv[2]));
   for (size_t i = 0; i < n; i++) {
     int wanted = argc < 2;
     for (int a = 1; a < argc; a++)
@@ -220,5 +286,6 @@ int main(int argc, char **argv) {
     }
     waitpid(pid, NULL, 0);
   }
+  printf("done %lld\n", now_ns());
   return 0;
 }

@@ -403,6 +403,24 @@ pub fn sandbox_yaml(namespace: &str, name: &str, extra: &str) -> String {
 
 /// [`sandbox_yaml`] running `script` with `sh -c`.
 pub fn sandbox_yaml_running(namespace: &str, name: &str, script: &str, extra: &str) -> String {
+    sandbox_manifest(
+        namespace,
+        name,
+        &busybox_image(),
+        &["sh", "-c", script],
+        extra,
+    )
+}
+
+/// An AgentSandbox of `image` running `command`, with small resources so that many fit on the
+/// single node; `extra` is more YAML under `spec:` (indented two spaces).
+pub fn sandbox_manifest(
+    namespace: &str,
+    name: &str,
+    image: &str,
+    command: &[&str],
+    extra: &str,
+) -> String {
     format!(
         r#"apiVersion: agentsandbox.io/v1alpha1
 kind: AgentSandbox
@@ -411,13 +429,12 @@ metadata:
   namespace: {namespace}
 spec:
   image: {image}
-  command: [sh, -c, {script}]
+  command: {command}
   resources:
     requests: {{cpu: 5m, memory: 8Mi}}
-    limits: {{cpu: 200m, memory: 64Mi}}
+    limits: {{cpu: 500m, memory: 64Mi}}
 {extra}"#,
-        image = busybox_image(),
-        script = serde_json::to_string(script).expect("a string serialises"),
+        command = serde_json::to_string(command).expect("strings serialise"),
     )
 }
 
@@ -611,4 +628,112 @@ pub fn attack_outcomes(output: &str) -> std::collections::BTreeMap<String, (Stri
             ))
         })
         .collect()
+}
+
+/// An AgentSandbox running the attack program (`agentsandbox-attack ARGS`) in its image;
+/// `extra` is more YAML under `spec:` (indented two spaces).
+pub fn attack_sandbox_yaml(namespace: &str, name: &str, args: &[&str], extra: &str) -> String {
+    let mut command = vec!["agentsandbox-attack"];
+    command.extend_from_slice(args);
+    sandbox_manifest(namespace, name, &attack_image(), &command, extra)
+}
+
+/// The line "done <unix-ns>" the attack program prints after its last attempt, as a time.
+pub fn attack_done_at(output: &str) -> Option<std::time::SystemTime> {
+    let ns: u64 = output
+        .lines()
+        .find_map(|l| l.strip_prefix("done "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::from_nanos(ns))
+}
+
+/// The node agent's pod on the (single) node.
+pub fn node_agent_pod(cluster: &Cluster) -> Result<String> {
+    let out = cluster.kubectl_ok(&[
+        "-n",
+        AGENTSANDBOX_NAMESPACE,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=node",
+        "--field-selector=status.phase=Running",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
+    out.split_whitespace()
+        .next()
+        .map(String::from)
+        .context("no running node agent pod")
+}
+
+/// The node agent's /metrics (through the API server's pod proxy).
+pub fn node_agent_metrics(cluster: &Cluster) -> Result<String> {
+    let pod = node_agent_pod(cluster)?;
+    cluster.kubectl_ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{AGENTSANDBOX_NAMESPACE}/pods/{pod}:8081/proxy/metrics"),
+    ])
+}
+
+/// The sum of the samples of `metric` whose labels include every `label="value"` given.
+pub fn metric_sum(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The Events of `reason` about the AgentSandbox `name`: (count, type, message) each.
+pub fn sandbox_events(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> Result<Vec<(i64, String, String)>> {
+    let out = cluster.kubectl_ok(&[
+        "-n",
+        namespace,
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.kind=AgentSandbox,involvedObject.name={name},reason={reason}"),
+        "-o",
+        "json",
+    ])?;
+    let list: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["count"].as_i64().unwrap_or(0),
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+/// Runs the telemetry socket probe (telemetry/testdata/h2_probe.py) against `socket` as
+/// `uid`: "h2" (served), "closed" (refused) or "connect-error ERRNO".
+pub fn telemetry_socket_probe(socket: &str, uid: u32) -> String {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("python3")
+        .args(["-c", include_str!("../../telemetry/testdata/h2_probe.py")])
+        .arg(socket)
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

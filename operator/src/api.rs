@@ -560,6 +560,44 @@ pub struct SecurityStatus {
     /// Attempts whose details were dropped under load (always counted above).
     #[serde(default)]
     pub dropped_events: i64,
+    /// The counts of the current pod as its runtime reported them; the totals above add the
+    /// counts of the sandbox's earlier pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_pod: Option<PodEscapeCounts>,
+    /// The response carried out under spec.security.onEscapeAttempt (Kill or Quarantine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<EscapeResponseRecord>,
+}
+
+/// Escape attempts of one pod of the sandbox.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodEscapeCounts {
+    /// UID of the pod.
+    #[serde(rename = "podUID")]
+    pub pod_uid: String,
+    /// Attempts its runtime denied.
+    #[serde(default)]
+    pub escape_attempts: i64,
+    /// The same by category.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts_by_category: Option<BTreeMap<String, i64>>,
+    /// Details its runtime dropped.
+    #[serde(default)]
+    pub dropped_events: i64,
+}
+
+/// A response the runtime carried out.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EscapeResponseRecord {
+    /// Killed or Quarantined.
+    pub action: String,
+    /// The pod it was carried out on.
+    #[serde(rename = "podUID")]
+    pub pod_uid: String,
+    /// When the node agent learnt of it.
+    pub time: Time,
 }
 
 /// One denied escape attempt.

@@ -305,11 +305,16 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
     let mut pod = existing.filter(|p| owned_by(p, sandbox));
     let suspended = sandbox.spec.operating_mode == OperatingMode::Suspended;
 
-    if let (Some(timeout), Some(p), false, false) = (
+    // A quarantined pod is frozen, hence idle: it is kept for forensics, never suspended.
+    let quarantined = pod.as_ref().is_some_and(|p| {
+        crate::status::response_on_current_pod(sandbox, Some(p)) == Some("Quarantined")
+    });
+    if let (Some(timeout), Some(p), false, false, false) = (
         lifetime.idle_timeout.as_deref().and_then(parse_duration),
         pod.as_ref(),
         suspended,
         shut_down,
+        quarantined,
     ) {
         match idle_for(sandbox, p) {
             Some(idle) if idle >= timeout => {

@@ -4,6 +4,8 @@
 pub mod activity;
 pub mod api;
 pub mod controller;
+pub mod escape_reporter;
+pub mod escapes;
 pub mod leader;
 pub mod metrics;
 pub mod node;

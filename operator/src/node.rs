@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
+
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -84,18 +85,29 @@ struct Tracked {
     last_report: Option<tokio::time::Instant>,
 }
 
-/// Runs until the process ends.
-pub async fn run_activity_reporter(client: Client, settings: NodeSettings) {
+/// The sandbox pods on this node, as a store kept current by a watch (run the returned
+/// future).
+pub fn sandbox_pods(
+    client: &Client,
+    node_name: &str,
+) -> (
+    Store<Pod>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let pods: Api<Pod> = Api::all(client.clone());
     let config = watcher::Config::default()
-        .fields(&format!("spec.nodeName={}", settings.node_name))
+        .fields(&format!("spec.nodeName={node_name}"))
         .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     let (store, writer) = reflector::store();
     let reflector = reflector::reflector(writer, watcher(pods, config))
         .default_backoff()
         .touched_objects()
         .for_each(|_| futures::future::ready(()));
-    tokio::spawn(reflector);
+    (store, reflector)
+}
+
+/// Runs until the process ends.
+pub async fn run_activity_reporter(client: Client, settings: NodeSettings, store: Store<Pod>) {
     info!(node = %settings.node_name, interval = ?settings.sample_interval, "sampling sandbox activity");
     let mut tracked: HashMap<String, Tracked> = HashMap::new();
     let mut ticker = tokio::time::interval(settings.sample_interval);

@@ -119,6 +119,35 @@ pub fn observe(obs: &Observation) -> AgentSandboxStatus {
                 ),
             )
         }
+    } else if let Some(action) = response_on_current_pod(sandbox, obs.pod) {
+        let pod_name = obs.pod.map(|p| p.name_any()).unwrap_or_default();
+        if action == "Quarantined" {
+            (
+                Phase::Quarantined,
+                condition(
+                    READY,
+                    false,
+                    "Quarantined",
+                    format!(
+                        "an escape attempt was answered with Quarantine: the pod's processes are \
+                         frozen and its network is cut, everything kept for forensics; release \
+                         with `kubectl delete pod {pod_name}` (a fresh pod replaces it) or delete \
+                         the sandbox"
+                    ),
+                ),
+            )
+        } else {
+            (
+                Phase::Failed,
+                condition(
+                    READY,
+                    false,
+                    "EscapeAttempt",
+                    "an escape attempt was answered with Kill: the sandbox's containers were \
+                     stopped (see status.security)",
+                ),
+            )
+        }
     } else {
         match (obs.pod, pod_phase.as_str()) {
             (None, _) => (
@@ -227,6 +256,23 @@ pub fn observe(obs: &Observation) -> AgentSandboxStatus {
         security: None,
         activity: None,
     }
+}
+
+/// Killed or Quarantined, when the runtime carried that response out on the sandbox's
+/// current pod (the node agent records it in status.security.response).
+pub fn response_on_current_pod<'a>(
+    sandbox: &'a AgentSandbox,
+    pod: Option<&Pod>,
+) -> Option<&'a str> {
+    let response = sandbox
+        .status
+        .as_ref()?
+        .security
+        .as_ref()?
+        .response
+        .as_ref()?;
+    let pod_uid = pod?.metadata.uid.as_deref()?;
+    (response.pod_uid == pod_uid).then_some(response.action.as_str())
 }
 
 fn to_condition(

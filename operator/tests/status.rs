@@ -279,3 +279,75 @@ fn transition_time_moves_only_when_a_condition_changes() {
         "a status flip records the new time"
     );
 }
+
+fn with_response(mut s: AgentSandbox, action: &str, pod_uid: &str) -> AgentSandbox {
+    s.status = Some(
+        serde_json::from_value(json!({
+            "security": {
+                "escapeAttempts": 1,
+                "response": {"action": action, "podUID": pod_uid, "time": "2027-01-15T08:00:00Z"}
+            }
+        }))
+        .unwrap(),
+    );
+    s
+}
+
+#[test]
+fn a_quarantined_pod_makes_the_sandbox_quarantined_and_says_how_to_release_it() {
+    let s = with_response(
+        sandbox(json!({"image": "agent:1"})),
+        "Quarantined",
+        "pod-uid-1",
+    );
+    let mut p = running_ready();
+    p.metadata.uid = Some("pod-uid-1".into());
+    let settings = OperatorSettings::default();
+    let status = observe(&observation(&s, Some(&p), &settings, at(0)));
+    assert_eq!(status.phase, Some(Phase::Quarantined));
+    let ready = status
+        .conditions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason, "Quarantined");
+    assert!(
+        ready.message.contains("kubectl delete pod coder"),
+        "{}",
+        ready.message
+    );
+}
+
+#[test]
+fn a_killed_sandbox_is_failed_with_reason_escape_attempt() {
+    let s = with_response(sandbox(json!({"image": "agent:1"})), "Killed", "pod-uid-1");
+    let mut p = pod(json!({"phase": "Failed"}));
+    p.metadata.uid = Some("pod-uid-1".into());
+    let settings = OperatorSettings::default();
+    let status = observe(&observation(&s, Some(&p), &settings, at(0)));
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert_eq!(
+        condition(&status, "Ready"),
+        ("False".into(), "EscapeAttempt".into())
+    );
+    assert_eq!(
+        condition(&status, "Finished"),
+        ("True".into(), "EscapeAttempt".into())
+    );
+}
+
+#[test]
+fn a_response_recorded_for_an_earlier_pod_does_not_touch_the_new_one() {
+    let s = with_response(
+        sandbox(json!({"image": "agent:1"})),
+        "Quarantined",
+        "old-pod",
+    );
+    let mut p = running_ready();
+    p.metadata.uid = Some("new-pod".into());
+    let settings = OperatorSettings::default();
+    let status = observe(&observation(&s, Some(&p), &settings, at(0)));
+    assert_eq!(status.phase, Some(Phase::Running));
+}

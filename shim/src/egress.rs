@@ -5,6 +5,8 @@
 //! them: its root has no capabilities over the network namespace, which the host owns.
 
 use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use serde::Deserialize;
 
@@ -50,6 +52,71 @@ pub enum EgressError {
 pub struct EgressRules {
     pub ipv4: String,
     pub ipv6: String,
+}
+
+/// What a quarantined pod's network namespace gets: nothing in or out but loopback
+/// (established connections included: no conntrack exception).
+pub fn quarantine_rules() -> EgressRules {
+    let table = "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT DROP [0:0]\n\
+                 -A INPUT -i lo -j ACCEPT\n-A OUTPUT -o lo -j ACCEPT\nCOMMIT\n";
+    EgressRules {
+        ipv4: table.to_string(),
+        ipv6: table.to_string(),
+    }
+}
+
+/// Installs `rules` (replacing the filter table) in the current network namespace, or in
+/// `netns` when given (entered by the iptables child only).
+pub fn apply_rules(rules: &EgressRules, netns: Option<&Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let netns = netns
+        .map(|path| {
+            std::fs::File::open(path)
+                .with_context(|| format!("opening the network namespace {}", path.display()))
+        })
+        .transpose()?;
+    for (binary, input) in [
+        ("iptables-restore", &rules.ipv4),
+        ("ip6tables-restore", &rules.ipv6),
+    ] {
+        let mut command = Command::new(binary);
+        command
+            .arg("-w")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(netns) = &netns {
+            let fd = netns.as_raw_fd();
+            // SAFETY: setns is async-signal-safe; the child is single-threaded after fork.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("running {binary} (is iptables installed on the node?)"))?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())?;
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "{binary} refused the rules: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn parse_cidr(cidr: &str) -> Result<(IpAddr, u8), EgressError> {

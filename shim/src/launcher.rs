@@ -209,34 +209,6 @@ fn open_stdio(path: &str, for_writing: bool) -> Result<OwnedFd> {
     Ok(file.into())
 }
 
-fn apply_egress(rules: &EgressRules) -> Result<()> {
-    for (binary, input) in [
-        ("iptables-restore", &rules.ipv4),
-        ("ip6tables-restore", &rules.ipv6),
-    ] {
-        let mut child = Command::new(binary)
-            .arg("-w")
-            .stdin(ProcessStdio::piped())
-            .stdout(ProcessStdio::null())
-            .stderr(ProcessStdio::piped())
-            .spawn()
-            .with_context(|| format!("running {binary} (is iptables installed on the node?)"))?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(input.as_bytes())?;
-        let output = child.wait_with_output()?;
-        if !output.status.success() {
-            bail!(
-                "{binary} refused the egress rules: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-    }
-    Ok(())
-}
-
 fn create(request: &CreateRequest) -> Result<i32> {
     if let Some((path, (host_start, size))) = &request.pin_user_namespace {
         namespaces::pin_user_namespace(
@@ -263,7 +235,7 @@ fn create(request: &CreateRequest) -> Result<i32> {
             .context("opening low ports to the pod's own network namespace")?;
     }
     if let Some(rules) = &request.egress {
-        apply_egress(rules).context("installing the egress firewall")?;
+        crate::egress::apply_rules(rules, None).context("installing the egress firewall")?;
     }
     let mut builder = ContainerBuilder::new(request.id.clone(), SyscallType::default())
         .with_root_path(&request.root)?;

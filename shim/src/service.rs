@@ -33,15 +33,24 @@ use crate::idmap::SlotLease;
 use crate::launcher::{
     self, CreateRequest, ExecRequest, LaunchRequest, LaunchResponse, StdioPaths,
 };
-use crate::notify::NotifyListener;
+use crate::notify::{response_action, NotifyListener};
 use crate::policy::{self, SandboxSettings};
 use crate::sys::mounts::{self, IdmapPlan, RootfsMount};
 use crate::sys::{namespaces, oom, stats};
+use crate::telemetry::Telemetry;
+use agentsandbox_telemetry::v1::{Action, PodRef};
 
 /// Where the shim keeps its state (root-only).
 pub const STATE_ROOT: &str = "/run/agentsandbox";
 const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
+const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+const ANNOTATION_SANDBOX_UID: &str = "agentsandbox.io/sandbox-uid";
+const ANNOTATION_ON_ESCAPE: &str = "agentsandbox.io/on-escape-attempt";
+/// How long the shim waits, when it exits, for the node agent to take its last counts.
+const TELEMETRY_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// libcontainer changes directory while it talks to a container's notify socket; keep those
 /// calls from running concurrently with each other.
@@ -130,6 +139,10 @@ struct Pod {
     lease: Option<SlotLease>,
     user_namespace: Option<PathBuf>,
     egress_installed: bool,
+    /// The pod's network namespace (from its sandbox container), for quarantine.
+    netns: Option<PathBuf>,
+    /// Kill or Quarantine, once carried out after an escape attempt.
+    response_applied: Option<Action>,
 }
 
 #[derive(Default)]
@@ -149,6 +162,7 @@ pub struct Service {
     state: Arc<Mutex<State>>,
     publisher: Option<Arc<RemotePublisher>>,
     notify: Option<Arc<NotifyListener>>,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Service {
@@ -323,6 +337,101 @@ impl Service {
             .map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))
     }
 
+    /// Remembers who the pod is (for telemetry), its response policy and its network namespace.
+    async fn learn_pod(
+        &self,
+        spec: &Value,
+        annotations: &BTreeMap<String, String>,
+        is_sandbox: bool,
+    ) {
+        if let (Some(telemetry), Some(pod_uid)) = (&self.telemetry, annotations.get(SANDBOX_UID)) {
+            let field = |key: &str| annotations.get(key).cloned().unwrap_or_default();
+            telemetry.set_pod(PodRef {
+                pod_uid: pod_uid.clone(),
+                pod_namespace: field(SANDBOX_NAMESPACE),
+                pod_name: field(SANDBOX_NAME),
+                sandbox_uid: field(ANNOTATION_SANDBOX_UID),
+            });
+        }
+        if let Some(notify) = &self.notify {
+            notify.set_response(response_action(
+                annotations.get(ANNOTATION_ON_ESCAPE).map(String::as_str),
+            ));
+        }
+        if is_sandbox {
+            let netns = spec["linux"]["namespaces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|ns| ns["type"] == "network")
+                .and_then(|ns| ns["path"].as_str())
+                .map(PathBuf::from);
+            self.state.lock().await.pod.netns = netns;
+        }
+    }
+
+    /// Carries out the pod's response to an escape attempt, once: Kill stops every container
+    /// of the pod (the pod, restartPolicy Never, ends Failed); Quarantine freezes every process
+    /// and cuts the network, keeping everything as it is for forensics.
+    async fn respond(&self, action: Action) {
+        let (targets, netns) = {
+            let mut state = self.state.lock().await;
+            if state.pod.response_applied.is_some() {
+                return;
+            }
+            state.pod.response_applied = Some(action);
+            let targets: Vec<(String, i32, String, bool)> = state
+                .containers
+                .iter()
+                .map(|(id, c)| (id.clone(), c.init.pid, c.cgroups_path.clone(), c.is_sandbox))
+                .collect();
+            (targets, state.pod.netns.clone())
+        };
+        match action {
+            Action::Killed => {
+                for (id, pid, _, is_sandbox) in &targets {
+                    if *is_sandbox || *pid <= 0 {
+                        continue;
+                    }
+                    // The container's init is its pid namespace's init: every process in it
+                    // (execs included) dies with it.
+                    let killed = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    tracing::warn!(container = %id, pid, result = ?killed, "escape response: container killed");
+                }
+            }
+            Action::Quarantined => {
+                let cgroups: Vec<String> = targets.iter().map(|t| t.2.clone()).collect();
+                let frozen = tokio::task::spawn_blocking(move || {
+                    cgroups
+                        .iter()
+                        .map(|path| set_frozen(path, true))
+                        .collect::<anyhow::Result<Vec<()>>>()
+                })
+                .await;
+                tracing::warn!(result = ?frozen.map(|r| r.map(|_| ())), "escape response: processes frozen");
+                let cut = match netns {
+                    Some(netns) => tokio::task::spawn_blocking(move || {
+                        egress::apply_rules(&egress::quarantine_rules(), Some(&netns))
+                    })
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r),
+                    None => Err(anyhow::anyhow!("the pod's network namespace is unknown")),
+                };
+                match cut {
+                    Ok(()) => tracing::warn!("escape response: network cut"),
+                    Err(err) => {
+                        tracing::error!(error = %format!("{err:#}"), "escape response: cutting the network failed")
+                    }
+                }
+            }
+            Action::Denied | Action::Unspecified => {}
+        }
+    }
+
     /// The container's absolute cgroup path (the spec's linux.cgroupsPath).
     async fn cgroups_path(&self, id: &str) -> Result<String, ttrpc::Error> {
         let state = self.state.lock().await;
@@ -345,6 +454,22 @@ impl Service {
                 .ok_or_else(|| not_found(exec_id))
         }
     }
+}
+
+/// Freezes or thaws the processes of one container cgroup.
+fn set_frozen(cgroups_path: &str, frozen: bool) -> anyhow::Result<()> {
+    use libcgroups::common::{CgroupConfig, CgroupManager, FreezerState};
+    let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
+        cgroup_path: PathBuf::from(cgroups_path),
+        systemd_cgroup: false,
+        container_name: String::new(),
+    })?;
+    manager.freeze(if frozen {
+        FreezerState::Frozen
+    } else {
+        FreezerState::Thawed
+    })?;
+    Ok(())
 }
 
 fn string_map(value: &Value) -> BTreeMap<String, String> {
@@ -411,6 +536,7 @@ impl Shim for Service {
             state: Arc::new(Mutex::new(State::default())),
             publisher: None,
             notify: None,
+            telemetry: None,
         }
     }
 
@@ -465,10 +591,24 @@ impl Shim for Service {
             &notify_dir,
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         );
-        match NotifyListener::start(&notify_dir.join(format!("{}.sock", std::process::id()))) {
+        let telemetry = Telemetry::new(agentsandbox_telemetry::socket_path());
+        tokio::spawn(telemetry.clone().run());
+        service.telemetry = Some(telemetry.clone());
+        let (responses, mut requested) = tokio::sync::mpsc::unbounded_channel();
+        match NotifyListener::start(
+            &notify_dir.join(format!("{}.sock", std::process::id())),
+            telemetry,
+            responses,
+        ) {
             Ok(listener) => service.notify = Some(Arc::new(listener)),
             Err(err) => tracing::error!(error = %err, "seccomp listener failed to start"),
         }
+        let responder = service.clone();
+        tokio::spawn(async move {
+            while let Some(action) = requested.recv().await {
+                responder.respond(action).await;
+            }
+        });
         let exits = service.clone();
         match monitor_subscribe(Topic::Pid).await {
             Ok(mut subscription) => {
@@ -512,6 +652,16 @@ impl Task for Service {
         // claimed. The egress rules read the pod's resolv.conf before mounts are staged.
         policy::check_refusals(&spec)
             .map_err(|e| status_error(Code::FAILED_PRECONDITION, e.to_string()))?;
+        if let Some(applied) = self.state.lock().await.pod.response_applied {
+            return Err(status_error(
+                Code::FAILED_PRECONDITION,
+                format!(
+                    "the sandbox was {} after an escape attempt: no new container starts in this pod",
+                    if applied == Action::Killed { "killed" } else { "quarantined" }
+                ),
+            ));
+        }
+        self.learn_pod(&spec, &annotations, is_sandbox).await;
         let egress = {
             let state = self.state.lock().await;
             if is_sandbox || state.pod.egress_installed {
@@ -897,6 +1047,15 @@ impl Task for Service {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
                 .map_err(|e| status_error(Code::NOT_FOUND, format!("process {pid}: {e}")))?;
         }
+        // A frozen process takes SIGKILL only once thawed: deleting a quarantined pod must not
+        // hang. Any other signal leaves it frozen.
+        let quarantined = self.state.lock().await.pod.response_applied == Some(Action::Quarantined);
+        if quarantined && signal == nix::sys::signal::Signal::SIGKILL {
+            let cgroups_path = self.cgroups_path(&req.id).await?;
+            let thawed =
+                tokio::task::spawn_blocking(move || set_frozen(&cgroups_path, false)).await;
+            tracing::info!(container = %req.id, result = ?thawed.map(|r| r.map_err(|e| e.to_string())), "quarantined container thawed to be killed");
+        }
         Ok(api::Empty::new())
     }
 
@@ -1133,8 +1292,17 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
-        // Shut down only once the pod has no container left.
+        // Shut down only once the pod has no container left, and the node agent has the
+        // pod's last escape counts (bounded wait: it may be away).
         if self.state.lock().await.containers.is_empty() {
+            if let Some(telemetry) = self.telemetry.as_ref().filter(|t| t.total() > 0) {
+                if !telemetry.flush(TELEMETRY_FLUSH).await {
+                    tracing::warn!(
+                        attempts = telemetry.total(),
+                        "exiting before the node agent acknowledged every escape attempt"
+                    );
+                }
+            }
             if let Some(notify) = &self.notify {
                 let _ = std::fs::remove_file(&notify.path);
             }

@@ -54,7 +54,7 @@ fn settings() -> SandboxSettings {
         pids_limit: DEFAULT_PIDS_LIMIT,
         user_namespace: Some("/run/agentsandbox/pods/p1/userns".into()),
         notify_socket: Some("/run/agentsandbox/notify.sock".into()),
-        notify_metadata: "sandbox-uid".into(),
+        notify_metadata: "agent".into(),
     }
 }
 
@@ -261,7 +261,7 @@ fn the_pods_seccomp_profile_is_replaced_by_the_agent_profile() {
     assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
     assert_eq!(profile["defaultErrnoRet"], json!(seccomp::EPERM));
     assert_eq!(profile["listenerPath"], "/run/agentsandbox/notify.sock");
-    assert_eq!(profile["listenerMetadata"], "sandbox-uid");
+    assert_eq!(profile["listenerMetadata"], "agent");
 }
 
 fn action_for(profile: &Value, syscall: &str) -> Vec<String> {
@@ -547,10 +547,13 @@ fn settings_come_from_the_operators_annotations_and_default_to_strict() {
             "agentsandbox.io/isolation-profile".to_string(),
             "Standard".to_string(),
         ),
-        ("agentsandbox.io/sandbox-uid".to_string(), "u-1".to_string()),
+        (
+            "io.kubernetes.cri.container-name".to_string(),
+            "agent".to_string(),
+        ),
     ]));
     assert!(!standard.read_only_root);
-    assert_eq!(standard.notify_metadata, "u-1");
+    assert_eq!(standard.notify_metadata, "agent");
 }
 
 #[test]

@@ -6,17 +6,23 @@
 //! - operator memory (VmRSS of the leader, from its /metrics) idle and with M sandboxes;
 //! - the runtime: container start latency (create -> start -> exit of `true`, through
 //!   containerd, `ctr run --rm`) and shim memory per pod, containerd-shim-runc-v2 vs
-//!   containerd-shim-agentsandbox-v1 on the same containerd, interleaved.
+//!   containerd-shim-agentsandbox-v1 on the same containerd, interleaved;
+//! - escape attempts: attempt -> status.security latency (p50/p99; the time the attack
+//!   program made attempt k vs the time a watch saw the count reach k), and the cost of one
+//!   notified (denied + reported) syscall vs an errno-only deny, in the sandbox and under runc.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentsandbox_e2e::{
-    busybox_image, busybox_pod, containerd_socket, operator_pods, sandbox_yaml, wait_sandbox_ready,
-    wait_until, Cluster, AGENTSANDBOX_NAMESPACE, IDLE_LOOP,
+    attack_image, attack_sandbox_yaml, busybox_image, busybox_pod, containerd_socket,
+    operator_pods, runtime_pod, sandbox_yaml, wait_sandbox_ready, wait_until, Cluster,
+    AGENTSANDBOX_NAMESPACE, IDLE_LOOP,
 };
 use agentsandbox_operator::api::AgentSandbox;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
+use kube::runtime::{watcher, WatchStreamExt};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -262,11 +268,174 @@ fn runtime_bench(n: usize) {
     }
 }
 
+/// Lines "attempt K <unix-ns>" of the attack program's `paced` mode.
+fn attempt_times(logs: &str) -> Vec<SystemTime> {
+    logs.lines()
+        .filter_map(|l| l.strip_prefix("attempt "))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns))
+        .collect()
+}
+
+/// "cost calls N notified_ns A errno_ns B" of the attack program's `cost` mode.
+fn cost_line(logs: &str) -> Option<(f64, f64)> {
+    let words: Vec<&str> = logs
+        .lines()
+        .find(|l| l.starts_with("cost "))?
+        .split_whitespace()
+        .collect();
+    Some((words.get(4)?.parse().ok()?, words.get(6)?.parse().ok()?))
+}
+
+async fn escapes_bench(cluster: &Cluster) {
+    let attempts = env_usize("BENCH_ESCAPES_N", 40);
+    println!(
+        "== escape attempt -> status.security.escapeAttempts, {attempts} attempts 250 ms apart"
+    );
+    let ns = cluster.namespace("bench-escapes");
+    let api: Api<AgentSandbox> = Api::namespaced(cluster.client.clone(), &ns.name);
+    // A watch sees each status write as it happens.
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(SystemTime, i64)>>> = Default::default();
+    let recorder = seen.clone();
+    let watch = tokio::spawn(
+        watcher(
+            api.clone(),
+            watcher::Config::default().fields("metadata.name=paced"),
+        )
+        .applied_objects()
+        .for_each(move |s| {
+            if let Ok(s) = s {
+                let count = s
+                    .status
+                    .and_then(|st| st.security)
+                    .map_or(0, |sec| sec.escape_attempts);
+                recorder.lock().unwrap().push((SystemTime::now(), count));
+            }
+            futures::future::ready(())
+        }),
+    );
+    cluster
+        .apply(&attack_sandbox_yaml(
+            &ns.name,
+            "paced",
+            &["paced", &attempts.to_string(), "250"],
+            "",
+        ))
+        .unwrap();
+    let logs = wait_until(
+        "the paced attack's end",
+        Duration::from_secs(180),
+        || async {
+            let logs = cluster
+                .kubectl_ok(&["-n", &ns.name, "logs", "paced"])
+                .ok()?;
+            logs.contains("done ").then_some(logs)
+        },
+    )
+    .await
+    .unwrap();
+    let made = attempt_times(&logs);
+    let _ = wait_until("the last count", Duration::from_secs(10), || async {
+        let last = seen.lock().unwrap().last().map(|(_, c)| *c);
+        (last >= Some(made.len() as i64)).then_some(())
+    })
+    .await;
+    watch.abort();
+    let seen = seen.lock().unwrap().clone();
+    let mut latencies: Vec<Duration> = made
+        .iter()
+        .enumerate()
+        .filter_map(|(k, at)| {
+            let (when, _) = seen.iter().find(|(_, c)| *c > k as i64)?;
+            Some(when.duration_since(*at).unwrap_or(Duration::ZERO))
+        })
+        .collect();
+    if latencies.len() == made.len() && !latencies.is_empty() {
+        let (p50, p99) = (
+            percentile(&mut latencies, 0.5),
+            percentile(&mut latencies, 0.99),
+        );
+        println!("{:<36} {:>10} {:>10}", "", "p50 ms", "p99 ms");
+        println!(
+            "{:<36} {:>10.1} {:>10.1}",
+            "agentsandbox (shim -> node agent)",
+            ms(p50),
+            ms(p99)
+        );
+        println!("runc / agent-sandbox: no escape reporting at all (nothing to compare)");
+    } else {
+        println!(
+            "only {} of {} attempts were seen on the status",
+            latencies.len(),
+            made.len()
+        );
+    }
+
+    println!("\n== cost of one denied syscall, ns per call (mean of 2000 each, in a pod)");
+    let calls = "2000";
+    cluster
+        .apply(&attack_sandbox_yaml(&ns.name, "cost", &["cost", calls], ""))
+        .unwrap();
+    cluster
+        .apply(&runtime_pod(
+            &ns.name,
+            "cost-runc",
+            None,
+            &attack_image(),
+            &format!("agentsandbox-attack cost {calls}"),
+        ))
+        .unwrap();
+    let cost_of = |pod: &'static str| {
+        let ns = ns.name.clone();
+        async move {
+            wait_until(
+                &format!("{pod}'s figures"),
+                Duration::from_secs(120),
+                || async {
+                    let logs = cluster.kubectl_ok(&["-n", &ns, "logs", pod]).ok()?;
+                    cost_line(&logs)
+                },
+            )
+            .await
+            .ok()
+        }
+    };
+    let ours = cost_of("cost").await;
+    let runc = cost_of("cost-runc").await;
+    println!("{:<36} {:>14} {:>14}", "", "unshare(USER)", "acct(NULL)");
+    if let Some((notified, errno)) = ours {
+        println!(
+            "{:<36} {:>11.1} us {:>11.1} us",
+            "agentsandbox (notify / errno)",
+            notified / 1000.0,
+            errno / 1000.0
+        );
+        println!(
+            "added cost of reporting one attempt: {:.1} us ({:.0}x an errno-only deny)",
+            (notified - errno) / 1000.0,
+            notified / errno
+        );
+    }
+    if let Some((unshare, acct)) = runc {
+        println!(
+            "{:<36} {:>11.1} us {:>11.1} us",
+            "runc RuntimeDefault (errno / errno)",
+            unshare / 1000.0,
+            acct / 1000.0
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "runtime,cluster".into());
+    let sections =
+        std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "runtime,escapes,cluster".into());
     if sections.contains("runtime") {
         runtime_bench(env_usize("BENCH_RUNTIME_N", 20));
+        println!();
+    }
+    if sections.contains("escapes") {
+        escapes_bench(&Cluster::connect().await).await;
         println!();
     }
     if !sections.contains("cluster") {

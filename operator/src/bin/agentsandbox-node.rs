@@ -1,16 +1,22 @@
-//! `agentsandbox-node`: the per-node agent (DaemonSet). Today it measures sandbox activity for
-//! `lifetime.idleTimeout`; it is also where the runtime installer and escape-attempt telemetry
-//! live.
+//! `agentsandbox-node`: the per-node agent (DaemonSet). It receives the runtime shims'
+//! escape-attempt telemetry on a root-only unix socket and reports it on each AgentSandbox
+//! (status, condition, Event, `/metrics`), and measures sandbox activity for
+//! `lifetime.idleTimeout`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agentsandbox_operator::node::{run_activity_reporter, NodeSettings};
+use std::sync::Arc;
+
+use agentsandbox_operator::escape_reporter::{self, EscapeReporter};
+use agentsandbox_operator::node::{run_activity_reporter, sandbox_pods, NodeSettings};
 use anyhow::{Context, Result};
+use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use clap::Parser;
+use prometheus_client::registry::Registry;
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
@@ -31,12 +37,24 @@ struct Args {
     /// How often each sandbox's activity is written to its status, in seconds.
     #[arg(long, default_value_t = 30)]
     report_period_seconds: u64,
-    /// Address of /healthz.
+    /// The telemetry socket the runtime shims report escape attempts to (its directory is
+    /// made root-only).
+    #[arg(long, default_value = agentsandbox_telemetry::DEFAULT_SOCKET)]
+    telemetry_socket: PathBuf,
+    /// Address of /healthz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8081")]
     http_addr: SocketAddr,
     /// Emit logs as JSON.
     #[arg(long)]
     json_logs: bool,
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        error!(error = %e, "encoding metrics failed");
+    }
+    out
 }
 
 #[tokio::main]
@@ -56,15 +74,36 @@ async fn main() -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    let reporter = EscapeReporter::default();
+    let mut registry = Registry::with_prefix("agentsandbox");
+    reporter.metrics().register(&mut registry);
+    let registry = Arc::new(registry);
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
     tokio::spawn(async move {
-        let app = Router::new().route("/healthz", get(|| async { "ok" }));
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/metrics", get(metrics))
+            .with_state(registry);
         if let Err(e) = axum::serve(listener, app).await {
             error!(error = %e, "HTTP server failed");
         }
     });
+    let (pods, watch_pods) = sandbox_pods(&client, &args.node_name);
+    tokio::spawn(watch_pods);
+    // Reports are mapped to sandboxes through this node's pods: serve once they are known.
+    pods.wait_until_ready()
+        .await
+        .context("watching this node's sandbox pods")?;
+    tokio::spawn(escape_reporter::run_writer(
+        reporter.clone(),
+        client.clone(),
+        pods.clone(),
+        args.node_name.clone(),
+    ));
+    let socket = args.telemetry_socket.clone();
+    let telemetry = tokio::spawn(escape_reporter::serve(reporter, socket));
     let settings = NodeSettings {
         node_name: args.node_name,
         cgroup_root: args.cgroup_root,
@@ -73,7 +112,16 @@ async fn main() -> Result<()> {
         report_period: Duration::from_secs(args.report_period_seconds.max(1)),
     };
     tokio::select! {
-        _ = run_activity_reporter(client, settings) => {},
+        _ = run_activity_reporter(client, settings, pods) => {},
+        result = telemetry => {
+            // Without its socket the agent is useless to the shims: fail loudly, get restarted.
+            let error = match result {
+                Ok(Ok(())) => anyhow::anyhow!("the telemetry server stopped"),
+                Ok(Err(e)) => e,
+                Err(e) => e.into(),
+            };
+            return Err(error.context("serving the telemetry socket"));
+        }
         _ = tokio::signal::ctrl_c() => info!("shutting down"),
         _ = async {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -138,7 +138,8 @@ pub struct SandboxSettings {
     pub user_namespace: Option<String>,
     /// The shim's seccomp notification socket, if it listens.
     pub notify_socket: Option<String>,
-    /// Identifies the sandbox in notifications (`listenerMetadata`).
+    /// Names the container in notifications (`listenerMetadata`): the pod spec's container
+    /// name, which is what users know (the id is containerd's).
     pub notify_metadata: String,
 }
 
@@ -155,7 +156,7 @@ impl SandboxSettings {
             user_namespace: None,
             notify_socket: None,
             notify_metadata: annotations
-                .get("agentsandbox.io/sandbox-uid")
+                .get("io.kubernetes.cri.container-name")
                 .cloned()
                 .unwrap_or_default(),
         }
