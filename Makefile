@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: critest help up down deps test test-unit test-e2e lint build bench crds images
+.PHONY: critest help up down deps test test-unit test-e2e lint lint-chart build bench crds images
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ lint: ## formatting, clippy and shellcheck, warnings are errors
 	cargo fmt --all -- --check
 	shellcheck -x -P SCRIPTDIR e2e/*.sh .ci/run
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+lint-chart: ## helm lint --strict + kubeconform of the chart and examples/ (schemas from the local cluster; needs `make up`)
+	e2e/chart-check.sh
 
 test-unit: ## unit tests (no cluster)
 	cargo test --workspace --locked --exclude agentsandbox-e2e

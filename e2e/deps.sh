@@ -172,6 +172,7 @@ main() {
   done
   ln -sfn "$ETCD_BIN/etcd" "$BIN/etcd"
   go_install crictl "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+  go_install kubeconform "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
   go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   go_install coredns "github.com/coredns/coredns@$COREDNS_VERSION"
   go_install local-path-provisioner "github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION"

@@ -152,7 +152,8 @@ main() {
   restore_sysctls
   # Keep logs for a post-mortem; everything else goes.
   find "$STATE" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
-  rm -rf "$RUN" /run/agentsandbox
+  # /run/agentsandbox-node: the node agent's telemetry socket directory (a hostPath).
+  rm -rf "$RUN" /run/agentsandbox /run/agentsandbox-node
   # Directories containerd's runc shims create under /run/containerd whatever our state path
   # is; removed only when empty (another containerd may use them).
   rmdir /run/containerd/runc/k8s.io /run/containerd/runc /run/containerd/s /run/containerd 2>/dev/null

@@ -8,17 +8,21 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 build_release_binaries
 
-# build_binary_image NAME: agentsandbox.local/NAME:<hash>, the release binary NAME with the
-# shared libraries it loads; prints the tag.
+# build_binary_image NAME [EXTRA_ELF...]: agentsandbox.local/NAME:<hash>, the release binary
+# NAME (plus SOURCE:DESTINATION extras) with the shared libraries they load, laid out as the
+# Dockerfile's targets do; prints the tag.
 build_binary_image() {
-  local name=$1 bin=$ROOT/target/release/$1 tag archive
-  tag=$(sha256sum "$bin" | cut -c1-12)
+  local name=$1 bin=$ROOT/target/release/$1 tag archive extra=()
+  shift
+  local e
+  for e in "$@"; do extra+=("--elf=$e"); done
+  tag=$(cat "$bin" "${@%%:*}" | sha256sum | cut -c1-12)
   archive=$STATE/images/$name-$tag.tar
   mkdir -p "$STATE/images"
   if [[ ! -f $archive ]]; then
     step "building image agentsandbox.local/$name:$tag" >&2
     python3 "$E2E_DIR/images/oci_image.py" --name "agentsandbox.local/$name:$tag" \
-      --output "$archive.tmp" --elf="$bin:/usr/local/bin/$name" \
+      --output "$archive.tmp" --elf="$bin:/usr/local/bin/$name" "${extra[@]}" \
       --entrypoint="/usr/local/bin/$name" --user=65532:65532
     mv "$archive.tmp" "$archive"
   fi
@@ -30,7 +34,9 @@ build_binary_image() {
 }
 
 operator_tag=$(build_binary_image agentsandbox-operator)
-node_tag=$(build_binary_image agentsandbox-node)
+# The node image carries the shim it installs (Dockerfile target `node`).
+node_tag=$(build_binary_image agentsandbox-node \
+  "$ROOT/target/release/containerd-shim-agentsandbox-v1:/usr/local/share/agentsandbox/containerd-shim-agentsandbox-v1")
 cat >"$STATE/images.env" <<ENV
 OPERATOR_IMAGE_REPOSITORY=agentsandbox.local/agentsandbox-operator
 OPERATOR_IMAGE_TAG=$operator_tag

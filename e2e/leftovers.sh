@@ -31,6 +31,10 @@ while read -r target; do
   found "mount: $target"
 done < <(findmnt -rn -o TARGET | grep -E "^($STATE|$RUN|/run/agentsandbox)(/|$)|^/run/netns/cni-")
 
+for dir in /run/agentsandbox /run/agentsandbox-node; do
+  [[ -e $dir ]] && found "runtime state: $dir"
+done
+
 while read -r ns; do
   found "network namespace: $ns"
 done < <(ip netns list 2>/dev/null | awk '$1 ~ /^(cni-|asb-e2e-)/ {print $1}')

@@ -125,17 +125,6 @@ publish() {
   mv "$1" "$2"
 }
 
-# install_if_changed SRC DST: copies an executable unless DST already has the same content
-# (a new file, never rewritten in place: running copies keep their inode).
-install_if_changed() {
-  local src=$1 dst=$2
-  mkdir -p "$(dirname "$dst")"
-  if ! cmp -s "$src" "$dst"; then
-    install -m 0755 "$src" "$dst.tmp"
-    mv -f "$dst.tmp" "$dst"
-  fi
-}
-
 node_ip() {
   local dev
   dev=$(ip -4 route show default | awk '{for (i = 1; i < NF; i++) if ($i == "dev") {print $(i + 1); exit}}')

@@ -30,6 +30,8 @@ else
 fi
 # Idempotent: starts what is not running, and always installs the current build.
 "$E2E_DIR/up.sh"
+step "chart: helm lint and kubeconform"
+"$E2E_DIR/chart-check.sh"
 step "e2e tests"
 make --no-print-directory test-e2e
 step "all tests passed"

@@ -6,6 +6,7 @@ pub mod api;
 pub mod controller;
 pub mod escape_reporter;
 pub mod escapes;
+pub mod installer;
 pub mod leader;
 pub mod metrics;
 pub mod node;

@@ -1,7 +1,8 @@
 //! `agentsandbox-node`: the per-node agent (DaemonSet). It receives the runtime shims'
 //! escape-attempt telemetry on a root-only unix socket and reports it on each AgentSandbox
 //! (status, condition, Event, `/metrics`), and measures sandbox activity for
-//! `lifetime.idleTimeout`.
+//! `lifetime.idleTimeout`. `agentsandbox-node install` (the DaemonSet's init container)
+//! installs the runtime on the node first.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,12 +11,13 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use agentsandbox_operator::escape_reporter::{self, EscapeReporter};
+use agentsandbox_operator::installer::{self, Restart};
 use agentsandbox_operator::node::{run_activity_reporter, sandbox_pods, NodeSettings};
 use anyhow::{Context, Result};
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use clap::Parser;
+use clap::{Args as ClapArgs, Parser, Subcommand};
 use prometheus_client::registry::Registry;
 use tracing::{error, info};
 
@@ -45,8 +47,83 @@ struct Args {
     #[arg(long, default_value = "0.0.0.0:8081")]
     http_addr: SocketAddr,
     /// Emit logs as JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json_logs: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install the runtime on this node (shim, containerd stanza, restart, node label), then
+    /// exit. Idempotent: a second run changes nothing and restarts nothing.
+    Install(InstallArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct InstallArgs {
+    /// The shim binary carried by this image.
+    #[arg(
+        long,
+        default_value = "/usr/local/share/agentsandbox/containerd-shim-agentsandbox-v1"
+    )]
+    shim_source: PathBuf,
+    /// Where the shim goes: a directory on containerd's PATH, as mounted here.
+    #[arg(long)]
+    bin_dir: PathBuf,
+    /// The node's containerd configuration, as mounted here.
+    #[arg(long)]
+    containerd_config: PathBuf,
+    /// The runtime handler name (the RuntimeClass's handler).
+    #[arg(long, default_value = "agentsandbox")]
+    handler: String,
+    /// Command that restarts containerd after its configuration changed (repeat for each
+    /// argument), e.g. nsenter --target 1 --mount -- systemctl restart containerd.
+    #[arg(long = "restart-arg", allow_hyphen_values = true)]
+    restart_command: Vec<String>,
+    /// Instead of a command: create this file and wait until the node's service manager has
+    /// restarted containerd and removed it.
+    #[arg(long, conflicts_with = "restart_command")]
+    restart_request_file: Option<PathBuf>,
+    /// How long a restart may take, in seconds.
+    #[arg(long, default_value_t = 300)]
+    restart_timeout_seconds: u64,
+}
+
+/// `agentsandbox-node install`.
+async fn install(node_name: &str, args: InstallArgs) -> Result<()> {
+    let shim = installer::install_shim(&args.shim_source, &args.bin_dir)?;
+    info!(changed = shim, dir = %args.bin_dir.display(), "shim {}", if shim { "installed" } else { "unchanged" });
+    let config = installer::install_config(&args.containerd_config, &args.handler)?;
+    info!(changed = config, path = %args.containerd_config.display(), handler = %args.handler,
+        "containerd runtime stanza {}", if config { "written (original kept as *.agentsandbox.bak)" } else { "unchanged" });
+    if config {
+        let restart = match (&args.restart_request_file, args.restart_command.is_empty()) {
+            (Some(file), _) => Restart::RequestFile(file.clone()),
+            (None, false) => Restart::Command(args.restart_command.clone()),
+            (None, true) => Restart::None,
+        };
+        info!(?restart, "restarting containerd");
+        let timeout = Duration::from_secs(args.restart_timeout_seconds);
+        tokio::task::spawn_blocking(move || installer::restart_containerd(&restart, timeout))
+            .await??;
+        info!("containerd restarted");
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let patch = serde_json::json!({"metadata": {"labels": {installer::NODE_LABEL: installer::NODE_LABEL_VALUE}}});
+    nodes
+        .patch(
+            node_name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .with_context(|| format!("labelling node {node_name}"))?;
+    info!(node = %node_name, label = %format!("{}={}", installer::NODE_LABEL, installer::NODE_LABEL_VALUE), "node labelled: the runtime is ready");
+    Ok(())
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> String {
@@ -70,6 +147,9 @@ async fn main() -> Result<()> {
             .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if let Some(Command::Install(install_args)) = args.command {
+        return install(&args.node_name, install_args).await;
     }
     let client = kube::Client::try_default()
         .await

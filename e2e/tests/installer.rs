@@ -1,0 +1,91 @@
+//! The chart's node agent installs the runtime on the node (`make up` relies on it: the
+//! harness no longer copies the shim or writes the stanza): the shim on containerd's PATH, the
+//! managed stanza in containerd's configuration with a backup, the node label; and a second
+//! run touches nothing. Its own test binary: it restarts the node agent.
+
+use std::time::Duration;
+
+use agentsandbox_e2e::{
+    node_agent_pod, repo_root, state_dir, wait_until, Cluster, AGENTSANDBOX_NAMESPACE,
+};
+
+#[tokio::test]
+async fn the_node_agent_installs_the_runtime_once_and_a_rerun_changes_nothing() {
+    let cluster = Cluster::connect().await;
+    let label = cluster
+        .kubectl_ok(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[0].metadata.labels.agentsandbox\\.io/runtime}",
+        ])
+        .unwrap();
+    assert_eq!(label.trim(), "installed");
+
+    let installed = std::fs::read(state_dir().join("bin/containerd-shim-agentsandbox-v1"))
+        .expect("the shim on containerd's PATH");
+    let built =
+        std::fs::read(repo_root().join("target/release/containerd-shim-agentsandbox-v1")).unwrap();
+    assert!(installed == built, "the installed shim is this build's");
+
+    let config_path = state_dir().join("containerd/config.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    assert_eq!(
+        config.matches("# BEGIN agentsandbox runtime").count(),
+        1,
+        "{config}"
+    );
+    assert_eq!(
+        config
+            .matches("containerd.runtimes.agentsandbox]\n  runtime_type = \"io.containerd.agentsandbox.v1\"")
+            .count(),
+        1,
+        "{config}"
+    );
+    let backup =
+        std::fs::read_to_string(state_dir().join("containerd/config.toml.agentsandbox.bak"))
+            .expect("the original configuration is kept");
+    assert!(!backup.contains("agentsandbox runtime"));
+    let modified = std::fs::metadata(&config_path).unwrap().modified().unwrap();
+
+    // A new node agent pod runs the installer again: nothing changes, nothing restarts.
+    let old = node_agent_pod(&cluster).unwrap();
+    cluster
+        .kubectl_ok(&[
+            "-n",
+            AGENTSANDBOX_NAMESPACE,
+            "delete",
+            "pod",
+            &old,
+            "--wait=true",
+        ])
+        .unwrap();
+    let new = wait_until("a new node agent", Duration::from_secs(90), || async {
+        let pod = node_agent_pod(&cluster).ok()?;
+        (pod != old).then_some(pod)
+    })
+    .await
+    .unwrap();
+    let logs = wait_until("the installer's logs", Duration::from_secs(60), || async {
+        let logs = cluster
+            .kubectl_ok(&["-n", AGENTSANDBOX_NAMESPACE, "logs", &new, "-c", "install"])
+            .ok()?;
+        logs.contains("node labelled").then_some(logs)
+    })
+    .await
+    .unwrap();
+    assert!(logs.contains("shim unchanged"), "{logs}");
+    assert!(
+        logs.contains("containerd runtime stanza unchanged"),
+        "{logs}"
+    );
+    assert!(!logs.contains("restarting containerd"), "{logs}");
+    assert_eq!(
+        std::fs::metadata(&config_path).unwrap().modified().unwrap(),
+        modified,
+        "the configuration was not rewritten"
+    );
+    assert!(!state_dir()
+        .join("containerd/restart-containerd.request")
+        .exists());
+}
