@@ -9,8 +9,10 @@ use agentsandbox_e2e::{
     AGENTSANDBOX_NAMESPACE,
 };
 use agentsandbox_operator::api::AgentSandbox;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
 const SANDBOXES: usize = 50;
@@ -90,39 +92,91 @@ async fn killing_the_operator_mid_reconcile_of_50_sandboxes_loses_nothing() {
     let manifest: Vec<String> = (0..SANDBOXES)
         .map(|i| sandbox_yaml(&ns.name, &format!("s{i:02}"), ""))
         .collect();
-    cluster.apply(&manifest.join("---\n")).unwrap();
+    let manifest = manifest.join("---\n");
 
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
-    // Kill every operator replica (no grace period) once it is part-way through.
-    wait_until(
-        "the operator to have created some pods",
-        Duration::from_secs(60),
-        || async {
-            let n = pods.list(&ListParams::default()).await.ok()?.items.len();
-            (n >= 3).then_some(())
-        },
-    )
+    // Kill every operator replica (no grace period) once it is part-way through: a watch sees
+    // the pods as they are created, and the kill goes straight to the API (polling and a
+    // kubectl process were slow enough, once, for the operator to finish first).
+    let mut created = watcher(pods.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    // The watch's first request goes out before the sandboxes are applied; they are applied
+    // while it runs.
+    let mut seen = BTreeSet::new();
+    if let Some(Ok(pod)) = created.next().now_or_never().flatten() {
+        seen.insert(pod.name_any());
+    }
+    let applying = {
+        let kubeconfig = cluster.kubeconfig.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut child =
+                std::process::Command::new(agentsandbox_e2e::state_dir().join("bin/kubectl"))
+                    .arg("--kubeconfig")
+                    .arg(kubeconfig)
+                    .args(["apply", "-f", "-"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("kubectl runs");
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(manifest.as_bytes())
+                .unwrap();
+            child.wait().unwrap().success()
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(Ok(pod)) = created.next().await {
+            seen.insert(pod.name_any());
+            if seen.len() >= 3 {
+                break;
+            }
+        }
+    })
     .await
-    .unwrap();
-    let created_before_kill = pods.list(&ListParams::default()).await.unwrap().items.len();
-    cluster
-        .kubectl_ok(&[
-            "-n",
-            AGENTSANDBOX_NAMESPACE,
-            "delete",
-            "pod",
-            "-l",
-            "app.kubernetes.io/component=operator",
-            "--grace-period=0",
-            "--force",
-        ])
+    .expect("the operator to have created some pods");
+    drop(created);
+    let operators: Api<Pod> = Api::namespaced(cluster.client.clone(), AGENTSANDBOX_NAMESPACE);
+    operators
+        .delete_collection(
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+            &ListParams::default().labels("app.kubernetes.io/component=operator"),
+        )
+        .await
         .unwrap();
-    assert!(
-        created_before_kill < SANDBOXES,
-        "the kill must land mid-reconcile (had {created_before_kill} pods)"
-    );
-
+    // Mid-reconcile: some sandbox still lacked its pod or its first status. (Pods can all
+    // exist already: the operator creates them in one concurrent burst.)
     let api: Api<AgentSandbox> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let created_before_kill = pods.list(&ListParams::default()).await.unwrap().items.len();
+    let observed_before_kill = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|s| {
+            s.status
+                .as_ref()
+                .is_some_and(|st| st.observed_generation.is_some())
+        })
+        .count();
+    eprintln!(
+        "at the kill: {created_before_kill} pods, {observed_before_kill} sandboxes with a status"
+    );
+    assert!(
+        created_before_kill < SANDBOXES || observed_before_kill < SANDBOXES,
+        "the kill must land mid-reconcile (had {created_before_kill} pods and \
+         {observed_before_kill} statuses of {SANDBOXES})"
+    );
+    assert!(applying.await.unwrap(), "kubectl apply of the sandboxes");
+
     wait_until(
         "all sandboxes Ready after the restart",
         Duration::from_secs(420),
