@@ -737,3 +737,38 @@ pub fn telemetry_socket_probe(socket: &str, uid: u32) -> String {
         .expect("python3 runs");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Deletes the node agent's pod, waiting until it is gone; returns its name.
+pub fn delete_node_agent(cluster: &Cluster) -> Result<String> {
+    let old = node_agent_pod(cluster)?;
+    cluster.kubectl_ok(&[
+        "-n",
+        AGENTSANDBOX_NAMESPACE,
+        "delete",
+        "pod",
+        &old,
+        "--wait=true",
+    ])?;
+    Ok(old)
+}
+
+/// Waits for the DaemonSet's replacement of node agent pod `old` to be Ready (its installer
+/// init container has then finished); returns its name.
+pub async fn wait_new_node_agent(cluster: &Cluster, old: &str) -> Result<String> {
+    wait_until(
+        "a new node agent, Ready",
+        Duration::from_secs(90),
+        || async {
+            let pod = node_agent_pod(cluster).ok()?;
+            let ready = cluster
+                .pod_field(
+                    AGENTSANDBOX_NAMESPACE,
+                    &pod,
+                    "{.status.containerStatuses[0].ready}",
+                )
+                .ok()?;
+            (pod != old && ready == "true").then_some(pod)
+        },
+    )
+    .await
+}

@@ -34,6 +34,20 @@ fn helm(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `helm upgrade|install RELEASE CHART -f VALUES --wait`.
+fn helm_with_values(verb: &str, chart: &Path, values: &str) {
+    helm(&[
+        verb,
+        RELEASE,
+        chart.to_str().unwrap(),
+        "-f",
+        values,
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+}
+
 fn scratch() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("asb-chart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -141,16 +155,7 @@ async fn upgrade_applies_a_changed_crd_and_uninstall_leaves_only_the_crd_and_the
     // unknown-field warning.
     assert!(!crd_has_probe_field(&cluster));
     let chart = chart_with_extra_field(&cluster, &dir);
-    helm(&[
-        "upgrade",
-        RELEASE,
-        chart.to_str().unwrap(),
-        "-f",
-        values,
-        "--wait",
-        "--timeout",
-        "3m",
-    ]);
+    helm_with_values("upgrade", &chart, values);
     assert!(
         crd_has_probe_field(&cluster),
         "helm upgrade applied the new CRD schema"
@@ -162,16 +167,7 @@ async fn upgrade_applies_a_changed_crd_and_uninstall_leaves_only_the_crd_and_the
         output.status.success() && !stderr.contains("unknown field"),
         "{stderr}"
     );
-    helm(&[
-        "upgrade",
-        RELEASE,
-        repo_root().join("charts/agentsandbox").to_str().unwrap(),
-        "-f",
-        values,
-        "--wait",
-        "--timeout",
-        "3m",
-    ]);
+    helm_with_values("upgrade", &repo_root().join("charts/agentsandbox"), values);
     assert!(
         !crd_has_probe_field(&cluster),
         "and the upgrade back removed it"
@@ -204,16 +200,7 @@ async fn upgrade_applies_a_changed_crd_and_uninstall_leaves_only_the_crd_and_the
     );
 
     // Back as it was (later test binaries need the product).
-    helm(&[
-        "install",
-        RELEASE,
-        repo_root().join("charts/agentsandbox").to_str().unwrap(),
-        "-f",
-        values,
-        "--wait",
-        "--timeout",
-        "5m",
-    ]);
+    helm_with_values("install", &repo_root().join("charts/agentsandbox"), values);
     let api: Api<AgentSandbox> = Api::namespaced(cluster.client.clone(), "default");
     wait_sandbox_ready(&api, "quickstart", Duration::from_secs(120))
         .await

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use agentsandbox_e2e::{
-    attack_done_at, attack_sandbox_yaml, metric_sum, node_agent_metrics, node_agent_pod,
-    sandbox_events, wait_until, Cluster, AGENTSANDBOX_NAMESPACE,
+    attack_done_at, attack_sandbox_yaml, delete_node_agent, metric_sum, node_agent_metrics,
+    sandbox_events, wait_new_node_agent, wait_until, Cluster,
 };
 use agentsandbox_operator::api::AgentSandbox;
 use kube::Api;
@@ -44,36 +44,10 @@ async fn restarting_the_node_agent_during_a_flood_loses_no_count() {
     .await
     .unwrap();
 
-    let old_agent = node_agent_pod(&cluster).unwrap();
     let restarted_at = SystemTime::now();
-    cluster
-        .kubectl_ok(&[
-            "-n",
-            AGENTSANDBOX_NAMESPACE,
-            "delete",
-            "pod",
-            &old_agent,
-            "--wait=true",
-        ])
-        .unwrap();
+    let old_agent = delete_node_agent(&cluster).unwrap();
     let during_restart = count(&api.get("flooder").await.unwrap());
-    let new_agent = wait_until(
-        "a new node agent, Ready",
-        Duration::from_secs(60),
-        || async {
-            let pod = node_agent_pod(&cluster).ok()?;
-            let ready = cluster
-                .pod_field(
-                    AGENTSANDBOX_NAMESPACE,
-                    &pod,
-                    "{.status.containerStatuses[0].ready}",
-                )
-                .ok()?;
-            (pod != old_agent && ready == "true").then_some(pod)
-        },
-    )
-    .await
-    .unwrap();
+    let new_agent = wait_new_node_agent(&cluster, &old_agent).await.unwrap();
 
     let logs = wait_until("the flood's end", Duration::from_secs(120), || async {
         let logs = cluster

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use agentsandbox_e2e::{
-    node_agent_pod, repo_root, state_dir, wait_until, Cluster, AGENTSANDBOX_NAMESPACE,
+    delete_node_agent, repo_root, state_dir, wait_new_node_agent, wait_until, Cluster,
+    AGENTSANDBOX_NAMESPACE,
 };
 
 #[tokio::test]
@@ -49,23 +50,8 @@ async fn the_node_agent_installs_the_runtime_once_and_a_rerun_changes_nothing() 
     let modified = std::fs::metadata(&config_path).unwrap().modified().unwrap();
 
     // A new node agent pod runs the installer again: nothing changes, nothing restarts.
-    let old = node_agent_pod(&cluster).unwrap();
-    cluster
-        .kubectl_ok(&[
-            "-n",
-            AGENTSANDBOX_NAMESPACE,
-            "delete",
-            "pod",
-            &old,
-            "--wait=true",
-        ])
-        .unwrap();
-    let new = wait_until("a new node agent", Duration::from_secs(90), || async {
-        let pod = node_agent_pod(&cluster).ok()?;
-        (pod != old).then_some(pod)
-    })
-    .await
-    .unwrap();
+    let old = delete_node_agent(&cluster).unwrap();
+    let new = wait_new_node_agent(&cluster, &old).await.unwrap();
     let logs = wait_until("the installer's logs", Duration::from_secs(60), || async {
         let logs = cluster
             .kubectl_ok(&["-n", AGENTSANDBOX_NAMESPACE, "logs", &new, "-c", "install"])
