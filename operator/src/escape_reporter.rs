@@ -308,9 +308,23 @@ pub async fn run_writer(reporter: EscapeReporter, client: Client, pods: Store<Po
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = reporter.wake.notified() => {}
+        // The ticker only matters while something waits for a write token (or for its pod to
+        // appear); otherwise the agent sleeps until a report arrives (a wake sent meanwhile is
+        // kept by Notify, not lost).
+        let pending = reporter
+            .aggregator
+            .lock()
+            .expect("lock")
+            .pods
+            .values()
+            .any(|e| e.ingested > e.written);
+        if pending {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = reporter.wake.notified() => {}
+            }
+        } else {
+            reporter.wake.notified().await;
         }
         let due: Vec<(String, PodTotals, VecDeque<EscapeAttempt>, u64, Instant)> = {
             let mut aggregator = reporter.aggregator.lock().expect("lock");
