@@ -15,7 +15,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p agentsandbox-operator -p agentsandbox-shim \
+RUN cargo build --release --locked -p agentsandbox-operator -p agentsandbox-node -p agentsandbox-shim \
  && mkdir -p /out \
  && cp target/release/agentsandbox-operator target/release/agentsandbox-node \
        target/release/containerd-shim-agentsandbox-v1 /out/

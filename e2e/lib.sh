@@ -154,5 +154,5 @@ cluster_is_up() {
 # the shared dependencies with other features.
 build_release_binaries() {
   step "building release binaries (operator, node agent, shim)"
-  (cd "$ROOT" && cargo build --release --locked -p agentsandbox-operator -p agentsandbox-shim)
+  (cd "$ROOT" && cargo build --release --locked -p agentsandbox-operator -p agentsandbox-node -p agentsandbox-shim)
 }

@@ -11,6 +11,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::{
+    Container, Pod, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// The repository root (this crate lives in `<root>/e2e`).
 pub fn repo_root() -> PathBuf {
@@ -90,11 +95,11 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// `kubectl apply -f -` of a YAML document (server-side, like GitOps tools do).
-    pub fn apply(&self, yaml: &str) -> Result<String> {
+    /// `kubectl apply -f -` of a manifest (server-side, like GitOps tools do).
+    pub fn apply(&self, manifest: &(impl Manifest + ?Sized)) -> Result<String> {
         self.kubectl_stdin(
             &["apply", "--server-side", "--field-manager=e2e", "-f", "-"],
-            yaml,
+            &manifest.to_manifest(),
         )
     }
 
@@ -365,30 +370,50 @@ pub fn busybox_image() -> String {
 }
 
 /// A busybox pod running `script` with `sh -c`, ending promptly on delete.
-pub fn busybox_pod(namespace: &str, name: &str, script: &str) -> String {
-    let script = serde_json::to_string(script).expect("a string serialises");
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {namespace}
-spec:
-  automountServiceAccountToken: false
-  terminationGracePeriodSeconds: 1
-  restartPolicy: Never
-  containers:
-  - name: main
-    image: {image}
-    imagePullPolicy: IfNotPresent
-    command: [sh, -c, {script}]
-"#,
-        image = busybox_image()
-    )
+pub fn busybox_pod(namespace: &str, name: &str, script: &str) -> Pod {
+    script_pod(namespace, name, None, &busybox_image(), script)
+}
+
+/// A pod of one container `main` running `script` with `sh -c` in `image`, under
+/// `runtime_class` (None: the cluster's default).
+fn script_pod(
+    namespace: &str,
+    name: &str,
+    runtime_class: Option<&str>,
+    image: &str,
+    script: &str,
+) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            runtime_class_name: runtime_class.map(String::from),
+            automount_service_account_token: Some(false),
+            termination_grace_period_seconds: Some(1),
+            restart_policy: Some("Never".into()),
+            containers: vec![Container {
+                name: "main".into(),
+                image: Some(image.into()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+/// The first container of a pod built here, to adjust before applying it.
+pub fn main_container(pod: &mut Pod) -> &mut Container {
+    &mut pod.spec.as_mut().expect("a spec").containers[0]
 }
 
 /// A pod that idles until deleted, for `kubectl exec` tests.
-pub fn idle_pod(namespace: &str, name: &str) -> String {
+pub fn idle_pod(namespace: &str, name: &str) -> Pod {
     busybox_pod(namespace, name, IDLE_LOOP)
 }
 
@@ -413,7 +438,8 @@ pub fn sandbox_yaml_running(namespace: &str, name: &str, script: &str, extra: &s
 }
 
 /// An AgentSandbox of `image` running `command`, with small resources so that many fit on the
-/// single node; `extra` is more YAML under `spec:` (indented two spaces).
+/// single node; `extra` is more YAML under `spec:` (indented two spaces), merged into the
+/// typed base as data, so that tests can also hand the API server specs it must refuse.
 pub fn sandbox_manifest(
     namespace: &str,
     name: &str,
@@ -421,21 +447,71 @@ pub fn sandbox_manifest(
     command: &[&str],
     extra: &str,
 ) -> String {
-    format!(
-        r#"apiVersion: agentsandbox.io/v1alpha1
-kind: AgentSandbox
-metadata:
-  name: {name}
-  namespace: {namespace}
-spec:
-  image: {image}
-  command: {command}
-  resources:
-    requests: {{cpu: 5m, memory: 8Mi}}
-    limits: {{cpu: 500m, memory: 64Mi}}
-{extra}"#,
-        command = serde_json::to_string(command).expect("strings serialise"),
-    )
+    let quantity = |q: &str| Quantity(q.to_string());
+    let base = serde_json::json!({
+        "apiVersion": "agentsandbox.io/v1alpha1",
+        "kind": "AgentSandbox",
+        "metadata": ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..ObjectMeta::default()
+        },
+        "spec": {
+            "image": image,
+            "command": command,
+            "resources": ResourceRequirements {
+                requests: Some([("cpu".into(), quantity("5m")), ("memory".into(), quantity("8Mi"))].into()),
+                limits: Some([("cpu".into(), quantity("500m")), ("memory".into(), quantity("64Mi"))].into()),
+                ..ResourceRequirements::default()
+            },
+        },
+    });
+    let mut manifest = base;
+    if !extra.trim().is_empty() {
+        let extra: serde_json::Value =
+            serde_saphyr::from_str(extra).expect("the test's extra spec YAML parses");
+        merge(&mut manifest["spec"], extra);
+    }
+    // JSON is YAML: one document per line, so that manifests can be joined with `---`.
+    format!("{manifest}\n")
+}
+
+/// Merges `patch` into `target`: objects key by key, anything else replaced.
+fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(target), serde_json::Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge(target.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (target, patch) => *target = patch,
+    }
+}
+
+/// What `Cluster::apply` takes: YAML or JSON text, or a typed object.
+pub trait Manifest {
+    fn to_manifest(&self) -> String;
+}
+
+impl Manifest for str {
+    fn to_manifest(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Manifest for String {
+    fn to_manifest(&self) -> String {
+        self.clone()
+    }
+}
+
+impl Manifest for Pod {
+    fn to_manifest(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("a pod serialises");
+        value["apiVersion"] = "v1".into();
+        value["kind"] = "Pod".into();
+        value.to_string()
+    }
 }
 
 /// Waits until the sandbox `name` is Ready and returns it.
@@ -509,30 +585,16 @@ pub fn runtime_pod(
     runtime_class: Option<&str>,
     image: &str,
     script: &str,
-) -> String {
-    let runtime = runtime_class
-        .map(|r| format!("  runtimeClassName: {r}\n"))
-        .unwrap_or_default();
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {namespace}
-spec:
-{runtime}  automountServiceAccountToken: false
-  terminationGracePeriodSeconds: 1
-  restartPolicy: Never
-  securityContext:
-    seccompProfile: {{type: RuntimeDefault}}
-  containers:
-  - name: main
-    image: {image}
-    imagePullPolicy: IfNotPresent
-    command: [sh, -c, {script}]
-"#,
-        script = serde_json::to_string(script).expect("a string serialises"),
-    )
+) -> Pod {
+    let mut pod = script_pod(namespace, name, runtime_class, image, script);
+    pod.spec.as_mut().expect("a spec").security_context = Some(PodSecurityContext {
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    });
+    pod
 }
 
 impl Cluster {
@@ -771,4 +833,24 @@ pub async fn wait_new_node_agent(cluster: &Cluster, old: &str) -> Result<String>
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn extra_spec_yaml_merges_into_the_typed_base() {
+        let manifest = super::sandbox_manifest(
+            "ns",
+            "s",
+            "img:1",
+            &["sh"],
+            "  network:\n    egress: Allow\n  resources:\n    limits: {memory: 1Gi}\n",
+        );
+        let value: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+        assert_eq!(value["metadata"]["name"], "s");
+        assert_eq!(value["spec"]["network"]["egress"], "Allow");
+        assert_eq!(value["spec"]["resources"]["limits"]["memory"], "1Gi");
+        assert_eq!(value["spec"]["resources"]["limits"]["cpu"], "500m");
+        assert_eq!(value["spec"]["resources"]["requests"]["cpu"], "5m");
+    }
 }

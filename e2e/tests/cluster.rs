@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
-use agentsandbox_e2e::{busybox_pod, idle_pod, state_dir, version, Cluster, TestHost};
+use agentsandbox_e2e::{
+    busybox_pod, idle_pod, main_container, state_dir, version, Cluster, TestHost,
+};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume, VolumeMount};
 use kube::api::{Api, ListParams};
 
 const POD_READY: Duration = Duration::from_secs(90);
@@ -175,10 +178,21 @@ spec:
         ))
         .unwrap();
     let with_volume = |name: &str, script: &str| {
-        busybox_pod(&ns.name, name, script).replace(
-            "  containers:\n",
-            "  volumes:\n  - name: data\n    persistentVolumeClaim: {claimName: data}\n  containers:\n",
-        ) + "    volumeMounts:\n    - {name: data, mountPath: /data}\n"
+        let mut pod = busybox_pod(&ns.name, name, script);
+        pod.spec.as_mut().unwrap().volumes = Some(vec![Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: "data".into(),
+                ..Default::default()
+            }),
+            ..Volume::default()
+        }]);
+        main_container(&mut pod).volume_mounts = Some(vec![VolumeMount {
+            name: "data".into(),
+            mount_path: "/data".into(),
+            ..VolumeMount::default()
+        }]);
+        pod
     };
     cluster
         .apply(&with_volume("writer", "echo kept > /data/proof"))

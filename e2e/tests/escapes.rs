@@ -11,7 +11,7 @@ use agentsandbox_e2e::{
     metric_sum, node_agent_metrics, sandbox_events, telemetry_socket_probe, wait_sandbox_ready,
     wait_until, Cluster,
 };
-use agentsandbox_operator::api::{AgentSandbox, Phase};
+use agentsandbox_operator::api::{AgentSandbox, Phase, ResponseTaken};
 use kube::Api;
 
 /// What the runtime must report each escape-relevant syscall as (the categories);
@@ -117,7 +117,7 @@ async fn every_attack_is_denied_and_counted_exactly_on_status_event_and_metric_w
     );
     let last = security.last_attempt.clone().unwrap();
     assert_eq!(last.container, "agent");
-    assert_eq!(last.action, "Denied");
+    assert_eq!(last.action, ResponseTaken::Denied);
     let condition = sandbox.condition("EscapeAttempted").unwrap();
     assert_eq!(
         (condition.status.as_str(), condition.reason.as_str()),
@@ -180,7 +180,7 @@ async fn kill_response_stops_the_sandbox_at_its_first_attempt() {
     assert_eq!(ready.reason, "EscapeAttempt", "{}", ready.message);
     let security = sandbox.status.clone().unwrap().security.unwrap();
     assert_eq!(security.escape_attempts, 1, "killed at the first attempt");
-    assert_eq!(security.response.unwrap().action, "Killed");
+    assert_eq!(security.response.unwrap().action, ResponseTaken::Killed);
     cluster
         .wait_pod(&ns.name, "killme", "jsonpath={.status.phase}=Failed")
         .unwrap();

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use agentsandbox_e2e::{
     attack_image, attack_outcomes, busybox_image, busybox_pod, container_host_pid, crictl,
-    runtime_pod, sandbox_yaml, wait_sandbox_ready, wait_until_sync, Cluster, IDLE_LOOP,
-    RUNTIME_CLASS,
+    main_container, runtime_pod, sandbox_yaml, wait_sandbox_ready, wait_until_sync, Cluster,
+    IDLE_LOOP, RUNTIME_CLASS,
 };
 use agentsandbox_operator::api::AgentSandbox;
+use k8s_openapi::api::core::v1::{Pod, ResourceRequirements, SecurityContext};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::Api;
 
 /// The escape techniques the issue names, by the attack program's technique names.
@@ -316,17 +318,17 @@ async fn exec_logs_exit_codes_and_delete_work_and_leave_nothing_behind() {
 async fn privileged_pods_are_refused_with_a_message_kubectl_describe_shows() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("rt-refuse");
-    let pod = runtime_pod(
+    let mut pod = runtime_pod(
         &ns.name,
         "priv",
         Some(RUNTIME_CLASS),
         &busybox_image(),
         IDLE_LOOP,
-    )
-    .replace(
-        "    command:",
-        "    securityContext: {privileged: true}\n    command:",
     );
+    main_container(&mut pod).security_context = Some(SecurityContext {
+        privileged: Some(true),
+        ..SecurityContext::default()
+    });
     cluster.apply(&pod).unwrap();
     let message = wait_until_sync("the refusal to show", Duration::from_secs(60), || {
         let describe = cluster
@@ -347,7 +349,7 @@ async fn privileged_pods_are_refused_with_a_message_kubectl_describe_shows() {
     assert_ne!(phase, "Running");
 }
 
-fn server_pod(namespace: &str, name: &str, greeting: &str) -> String {
+fn server_pod(namespace: &str, name: &str, greeting: &str) -> Pod {
     busybox_pod(
         namespace,
         name,
@@ -416,17 +418,15 @@ async fn egress_allow_list_is_enforced_inside_the_pod_even_where_the_cni_ignores
 async fn terminals_work_for_tty_pods_and_for_kubectl_exec_t() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("rt-tty");
-    let pod = runtime_pod(
+    let mut pod = runtime_pod(
         &ns.name,
         "t",
         Some(RUNTIME_CLASS),
         &busybox_image(),
         &format!("tty; {IDLE_LOOP}"),
-    )
-    .replace(
-        "    command:",
-        "    tty: true\n    stdin: true\n    command:",
     );
+    main_container(&mut pod).tty = Some(true);
+    main_container(&mut pod).stdin = Some(true);
     cluster.apply(&pod).unwrap();
     cluster.wait_pod(&ns.name, "t", "condition=Ready").unwrap();
     let logs = cluster.kubectl_ok(&["-n", &ns.name, "logs", "t"]).unwrap();
@@ -455,17 +455,17 @@ async fn terminals_work_for_tty_pods_and_for_kubectl_exec_t() {
 async fn an_oom_killed_container_is_reported_as_oom_killed() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("rt-oom");
-    let pod = runtime_pod(
+    let mut pod = runtime_pod(
         &ns.name,
         "oom",
         Some(RUNTIME_CLASS),
         &busybox_image(),
         "dd if=/dev/zero of=/dev/null bs=64M count=1",
-    )
-    .replace(
-        "    command:",
-        "    resources: {limits: {memory: 24Mi}}\n    command:",
     );
+    main_container(&mut pod).resources = Some(ResourceRequirements {
+        limits: Some([("memory".to_string(), Quantity("24Mi".into()))].into()),
+        ..ResourceRequirements::default()
+    });
     cluster.apply(&pod).unwrap();
     cluster
         .wait_pod(&ns.name, "oom", "jsonpath={.status.phase}=Failed")

@@ -17,9 +17,12 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use agentsandbox_contract::{
+    annotations::PREFIX as LABEL_PREFIX, EgressMode, EscapeResponse, IsolationProfile, Protocol,
+    ResponseTaken, SeccompProfileChoice,
+};
+
 pub const GROUP: &str = "agentsandbox.io";
-/// Prefix of every label and annotation the operator owns; users cannot set these.
-pub const LABEL_PREFIX: &str = "agentsandbox.io/";
 
 /// An isolated environment for one AI agent: a pod run by the agentsandbox runtime, which
 /// enforces a user namespace, an agent seccomp profile, dropped capabilities and a read-only
@@ -205,29 +208,6 @@ pub struct Isolation {
     pub seccomp_profile: SeccompProfileChoice,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum IsolationProfile {
-    #[default]
-    Strict,
-    Standard,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum SeccompProfileChoice {
-    #[default]
-    Agent,
-    RuntimeDefault,
-}
-
-impl SeccompProfileChoice {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SeccompProfileChoice::Agent => "Agent",
-            SeccompProfileChoice::RuntimeDefault => "RuntimeDefault",
-        }
-    }
-}
-
 /// Network access of the sandbox.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -256,13 +236,6 @@ pub struct Network {
     pub expose: Option<Vec<ExposedPort>>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum EgressMode {
-    #[default]
-    Deny,
-    Allow,
-}
-
 /// One allowed destination.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -288,24 +261,6 @@ pub struct PortRule {
     /// TCP (default) or UDP.
     #[serde(default)]
     pub protocol: Protocol,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum Protocol {
-    #[default]
-    #[serde(rename = "TCP")]
-    Tcp,
-    #[serde(rename = "UDP")]
-    Udp,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        }
-    }
 }
 
 /// A port exposed through the sandbox's Service.
@@ -424,24 +379,6 @@ pub struct SecurityPolicy {
     /// for forensics (phase Quarantined).
     #[serde(default)]
     pub on_escape_attempt: EscapeResponse,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum EscapeResponse {
-    #[default]
-    Deny,
-    Kill,
-    Quarantine,
-}
-
-impl EscapeResponse {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EscapeResponse::Deny => "Deny",
-            EscapeResponse::Kill => "Kill",
-            EscapeResponse::Quarantine => "Quarantine",
-        }
-    }
 }
 
 /// What the operator and the node agent observed.
@@ -592,7 +529,7 @@ pub struct PodEscapeCounts {
 #[serde(rename_all = "camelCase")]
 pub struct EscapeResponseRecord {
     /// Killed or Quarantined.
-    pub action: String,
+    pub action: ResponseTaken,
     /// The pod it was carried out on.
     #[serde(rename = "podUID")]
     pub pod_uid: String,
@@ -619,7 +556,7 @@ pub struct EscapeAttempt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
     /// What was done: Denied, Killed or Quarantined.
-    pub action: String,
+    pub action: ResponseTaken,
 }
 
 impl AgentSandbox {

@@ -1,8 +1,14 @@
 //! Leader election on a coordination.k8s.io/v1 Lease, so that two operator replicas are safe:
 //! only the holder reconciles; the other waits and takes over when the lease expires or is
 //! released. Updates use the Lease's resourceVersion, so two candidates cannot both win.
+//!
+//! Expiry is judged on this replica's own clock: a lease is expired when its record (holder
+//! and renew time) has not changed for the lease duration since this replica first saw it,
+//! never by comparing the holder's renewTime with our wall clock (the replicas' clocks may
+//! disagree).
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -16,6 +22,35 @@ pub struct LeaderElector {
     identity: String,
     lease_duration: Duration,
     retry_period: Duration,
+    observed: Mutex<LeaseObservation>,
+}
+
+/// The last lease record this replica saw another holder keep, and when (on our clock) it
+/// first saw it.
+#[derive(Debug, Default)]
+pub struct LeaseObservation {
+    record: Option<(String, Option<MicroTime>)>,
+    since: Option<Instant>,
+}
+
+impl LeaseObservation {
+    /// Notes the record seen `now`; true when it has stood unchanged for longer than
+    /// `duration` since this replica first saw it.
+    pub fn expired(
+        &mut self,
+        holder: &str,
+        renewed: Option<&MicroTime>,
+        duration: Duration,
+        now: Instant,
+    ) -> bool {
+        let record = (holder.to_string(), renewed.cloned());
+        if self.record.as_ref() != Some(&record) {
+            self.record = Some(record);
+            self.since = Some(now);
+        }
+        self.since
+            .is_some_and(|since| now.saturating_duration_since(since) > duration)
+    }
 }
 
 impl LeaderElector {
@@ -26,6 +61,7 @@ impl LeaderElector {
             identity: identity.to_string(),
             lease_duration: Duration::from_secs(15),
             retry_period: Duration::from_secs(2),
+            observed: Mutex::new(LeaseObservation::default()),
         }
     }
 
@@ -66,13 +102,15 @@ impl LeaderElector {
         let new_spec = if holder == self.identity {
             self.spec(transitions, spec.acquire_time.clone())
         } else {
-            let duration = jiff::SignedDuration::from_secs(i64::from(
-                spec.lease_duration_seconds.unwrap_or(15),
-            ));
-            let expired = spec
-                .renew_time
-                .as_ref()
-                .is_none_or(|renewed| renewed.0 + duration < jiff::Timestamp::now());
+            let duration = Duration::from_secs(
+                u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15),
+            );
+            let expired = self.observed.lock().expect("lease observation").expired(
+                &holder,
+                spec.renew_time.as_ref(),
+                duration,
+                Instant::now(),
+            );
             if !holder.is_empty() && !expired {
                 return Ok(false);
             }
@@ -150,5 +188,52 @@ impl LeaderElector {
         } else {
             info!(lease = %self.name, "leadership released");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> MicroTime {
+        MicroTime(jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    #[test]
+    fn a_lease_expires_by_our_clock_from_when_we_saw_it_change() {
+        let start = Instant::now();
+        let lease = Duration::from_secs(15);
+        let mut seen = LeaseObservation::default();
+        // The holder's renewTime is far in the past by our wall clock (its clock is behind):
+        // that alone does not make the lease expired.
+        assert!(!seen.expired("a", Some(&at(1_000)), lease, start));
+        assert!(!seen.expired(
+            "a",
+            Some(&at(1_000)),
+            lease,
+            start + Duration::from_secs(10)
+        ));
+        // A renewal restarts the count.
+        assert!(!seen.expired(
+            "a",
+            Some(&at(1_002)),
+            lease,
+            start + Duration::from_secs(14)
+        ));
+        assert!(!seen.expired(
+            "a",
+            Some(&at(1_002)),
+            lease,
+            start + Duration::from_secs(28)
+        ));
+        // Unchanged for longer than the lease: expired.
+        assert!(seen.expired(
+            "a",
+            Some(&at(1_002)),
+            lease,
+            start + Duration::from_secs(30)
+        ));
+        // A new holder is a new record.
+        assert!(!seen.expired("b", Some(&at(5)), lease, start + Duration::from_secs(31)));
     }
 }

@@ -1,15 +1,12 @@
 //! The agentsandbox operator: reconciles `AgentSandbox` resources into hardened pods, services,
-//! network policies and workspace volumes.
+//! network policies and workspace volumes. The API types (`api`) are also what the node agent
+//! (`node/`) writes status with.
 
-pub mod activity;
 pub mod api;
 pub mod controller;
-pub mod escape_reporter;
-pub mod escapes;
-pub mod installer;
 pub mod leader;
+pub mod lifecycle;
 pub mod metrics;
-pub mod node;
 pub mod resources;
 pub mod status;
 

@@ -18,7 +18,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
+
+use agentsandbox_contract::{EgressPolicy, EgressPort, EgressRule, PodIdentity, PodPolicy};
 
 use crate::api::{
     AgentSandbox, EgressMode, ImagePullPolicy, IsolationProfile, Protocol, LABEL_PREFIX,
@@ -26,24 +27,13 @@ use crate::api::{
 
 /// Label carrying the sandbox's name on every object it owns; the Service and the
 /// NetworkPolicy select pods by it. Users cannot set it (CEL on podTemplate.labels).
-pub const LABEL_NAME: &str = "agentsandbox.io/name";
+pub use agentsandbox_contract::annotations::LABEL_NAME;
 /// Label carrying the sandbox's UID on its pod: the owner UID is authoritative.
-pub const LABEL_UID: &str = "agentsandbox.io/uid";
+pub use agentsandbox_contract::annotations::LABEL_UID;
+/// Hash of everything in the desired pod; a different hash means the pod must be replaced.
+pub use agentsandbox_contract::annotations::POD_SPEC_HASH as ANNOTATION_POD_HASH;
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "agentsandbox-operator";
-
-/// Hash of everything in the desired pod; a different hash means the pod must be replaced.
-pub const ANNOTATION_POD_HASH: &str = "agentsandbox.io/pod-spec-hash";
-/// The sandbox's egress policy, for the runtime to enforce inside the pod's network namespace
-/// (many CNIs, the local bridge one included, ignore NetworkPolicy).
-pub const ANNOTATION_EGRESS: &str = "agentsandbox.io/egress";
-pub const ANNOTATION_SANDBOX_NAME: &str = "agentsandbox.io/sandbox-name";
-pub const ANNOTATION_SANDBOX_NAMESPACE: &str = "agentsandbox.io/sandbox-namespace";
-pub const ANNOTATION_SANDBOX_UID: &str = "agentsandbox.io/sandbox-uid";
-pub const ANNOTATION_ON_ESCAPE: &str = "agentsandbox.io/on-escape-attempt";
-pub const ANNOTATION_SECCOMP: &str = "agentsandbox.io/seccomp-profile";
-/// Strict or Standard: whether the runtime forces a read-only root filesystem.
-pub const ANNOTATION_ISOLATION: &str = "agentsandbox.io/isolation-profile";
 
 pub const CONTAINER_NAME: &str = "agent";
 const TMP_VOLUME: &str = "tmp";
@@ -129,27 +119,9 @@ fn metadata(sandbox: &AgentSandbox, name: String, owned: bool) -> ObjectMeta {
     }
 }
 
-/// The egress policy handed to the runtime, as the JSON in [`ANNOTATION_EGRESS`].
-#[derive(Serialize, Debug, PartialEq)]
-pub struct RuntimeEgressPolicy {
-    pub mode: &'static str,
-    pub allow: Vec<RuntimeEgressRule>,
-    pub dns: bool,
-}
-
-#[derive(Serialize, Debug, PartialEq)]
-pub struct RuntimeEgressRule {
-    pub cidr: String,
-    pub ports: Vec<RuntimeEgressPort>,
-}
-
-#[derive(Serialize, Debug, PartialEq)]
-pub struct RuntimeEgressPort {
-    pub port: i32,
-    pub protocol: &'static str,
-}
-
-pub fn runtime_egress_policy(sandbox: &AgentSandbox) -> RuntimeEgressPolicy {
+/// The egress policy handed to the runtime (the shim enforces it in the pod's network
+/// namespace, which holds on CNIs that ignore NetworkPolicy).
+pub fn runtime_egress_policy(sandbox: &AgentSandbox) -> EgressPolicy {
     let network = &sandbox.spec.network;
     let allow = match network.egress {
         EgressMode::Allow => Vec::new(),
@@ -157,27 +129,42 @@ pub fn runtime_egress_policy(sandbox: &AgentSandbox) -> RuntimeEgressPolicy {
             .egress_allow
             .iter()
             .flatten()
-            .map(|rule| RuntimeEgressRule {
+            .map(|rule| EgressRule {
                 cidr: rule.cidr.clone(),
                 ports: rule
                     .ports
                     .iter()
                     .flatten()
-                    .map(|p| RuntimeEgressPort {
-                        port: p.port,
-                        protocol: p.protocol.as_str(),
+                    .filter_map(|p| {
+                        Some(EgressPort {
+                            // The schema bounds it to 1..=65535.
+                            port: u16::try_from(p.port).ok()?,
+                            protocol: p.protocol,
+                        })
                     })
                     .collect(),
             })
             .collect(),
     };
-    RuntimeEgressPolicy {
-        mode: match network.egress {
-            EgressMode::Deny => "Deny",
-            EgressMode::Allow => "Allow",
-        },
+    EgressPolicy {
+        mode: network.egress,
         allow,
         dns: network.allow_dns,
+    }
+}
+
+/// Everything the runtime is told about the sandbox's pod.
+pub fn runtime_pod_policy(sandbox: &AgentSandbox) -> PodPolicy {
+    PodPolicy {
+        identity: PodIdentity {
+            sandbox_name: sandbox.name_any(),
+            sandbox_namespace: sandbox.namespace().unwrap_or_default(),
+            sandbox_uid: sandbox.uid().unwrap_or_default(),
+        },
+        isolation: sandbox.spec.isolation.profile,
+        seccomp: sandbox.spec.isolation.seccomp_profile,
+        on_escape: sandbox.spec.security.on_escape_attempt,
+        egress: Some(runtime_egress_policy(sandbox)),
     }
 }
 
@@ -210,35 +197,7 @@ pub fn desired_pod(sandbox: &AgentSandbox, settings: &OperatorSettings) -> Pod {
 
     let mut annotations = template.annotations.unwrap_or_default();
     annotations.retain(|k, _| !k.starts_with(LABEL_PREFIX));
-    annotations.insert(
-        ANNOTATION_EGRESS.to_string(),
-        serde_json::to_string(&runtime_egress_policy(sandbox)).expect("policy serialises"),
-    );
-    annotations.insert(ANNOTATION_SANDBOX_NAME.to_string(), sandbox.name_any());
-    annotations.insert(
-        ANNOTATION_SANDBOX_NAMESPACE.to_string(),
-        sandbox.namespace().unwrap_or_default(),
-    );
-    annotations.insert(
-        ANNOTATION_SANDBOX_UID.to_string(),
-        sandbox.uid().unwrap_or_default(),
-    );
-    annotations.insert(
-        ANNOTATION_ON_ESCAPE.to_string(),
-        spec.security.on_escape_attempt.as_str().to_string(),
-    );
-    annotations.insert(
-        ANNOTATION_ISOLATION.to_string(),
-        match spec.isolation.profile {
-            IsolationProfile::Strict => "Strict",
-            IsolationProfile::Standard => "Standard",
-        }
-        .to_string(),
-    );
-    annotations.insert(
-        ANNOTATION_SECCOMP.to_string(),
-        spec.isolation.seccomp_profile.as_str().to_string(),
-    );
+    annotations.extend(runtime_pod_policy(sandbox).to_annotations());
 
     let mut volumes = vec![Volume {
         name: TMP_VOLUME.to_string(),

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::api::{AgentSandbox, AgentSandboxStatus, OperatingMode, Phase};
+use crate::api::{AgentSandbox, AgentSandboxStatus, OperatingMode, Phase, ResponseTaken};
 use crate::resources::{service_fqdn, OperatorSettings};
 
 pub const READY: &str = "Ready";
@@ -121,7 +121,7 @@ pub fn observe(obs: &Observation) -> AgentSandboxStatus {
         }
     } else if let Some(action) = response_on_current_pod(sandbox, obs.pod) {
         let pod_name = obs.pod.map(|p| p.name_any()).unwrap_or_default();
-        if action == "Quarantined" {
+        if action == ResponseTaken::Quarantined {
             (
                 Phase::Quarantined,
                 condition(
@@ -260,10 +260,7 @@ pub fn observe(obs: &Observation) -> AgentSandboxStatus {
 
 /// Killed or Quarantined, when the runtime carried that response out on the sandbox's
 /// current pod (the node agent records it in status.security.response).
-pub fn response_on_current_pod<'a>(
-    sandbox: &'a AgentSandbox,
-    pod: Option<&Pod>,
-) -> Option<&'a str> {
+pub fn response_on_current_pod(sandbox: &AgentSandbox, pod: Option<&Pod>) -> Option<ResponseTaken> {
     let response = sandbox
         .status
         .as_ref()?
@@ -272,7 +269,7 @@ pub fn response_on_current_pod<'a>(
         .response
         .as_ref()?;
     let pod_uid = pod?.metadata.uid.as_deref()?;
-    (response.pod_uid == pod_uid).then_some(response.action.as_str())
+    (response.pod_uid == pod_uid).then_some(response.action)
 }
 
 fn to_condition(

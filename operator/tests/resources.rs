@@ -2,6 +2,12 @@
 
 mod common;
 
+use agentsandbox_contract::annotations::{
+    EGRESS as ANNOTATION_EGRESS, ISOLATION as ANNOTATION_ISOLATION,
+    ON_ESCAPE as ANNOTATION_ON_ESCAPE, SANDBOX_NAME as ANNOTATION_SANDBOX_NAME,
+    SANDBOX_NAMESPACE as ANNOTATION_SANDBOX_NAMESPACE, SANDBOX_UID as ANNOTATION_SANDBOX_UID,
+    SECCOMP as ANNOTATION_SECCOMP,
+};
 use agentsandbox_operator::resources::*;
 use common::sandbox;
 use k8s_openapi::api::core::v1::Container;

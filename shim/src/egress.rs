@@ -1,6 +1,6 @@
 //! The sandbox's egress policy as firewall rules inside the pod's network namespace, so that
-//! it holds on CNIs that ignore NetworkPolicy. The operator writes the policy into the pod
-//! annotation `agentsandbox.io/egress`; the rules are installed (iptables-restore, one table
+//! it holds on CNIs that ignore NetworkPolicy. The operator writes the policy
+//! ([`agentsandbox_contract::EgressPolicy`]) into a pod annotation; the rules are installed (iptables-restore, one table
 //! per address family) before the pod's first container starts. The sandbox cannot change
 //! them: its root has no capabilities over the network namespace, which the host owns.
 
@@ -8,43 +8,14 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use serde::Deserialize;
+use agentsandbox_contract::{EgressMode, EgressPolicy, Protocol};
 
-pub const ANNOTATION_EGRESS: &str = "agentsandbox.io/egress";
 const CHAIN: &str = "AGENTSANDBOX-EGRESS";
-
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-pub struct EgressPolicy {
-    pub mode: String,
-    #[serde(default)]
-    pub allow: Vec<EgressRule>,
-    #[serde(default)]
-    pub dns: bool,
-}
-
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-pub struct EgressRule {
-    pub cidr: String,
-    #[serde(default)]
-    pub ports: Vec<EgressPort>,
-}
-
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-pub struct EgressPort {
-    pub port: u16,
-    pub protocol: String,
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EgressError {
-    #[error("the egress annotation {ANNOTATION_EGRESS} is not valid JSON: {0}")]
-    Parse(String),
     #[error("egress rule has an invalid CIDR {0:?}")]
     Cidr(String),
-    #[error("egress rule has an unknown protocol {0:?} (TCP, UDP or SCTP)")]
-    Protocol(String),
-    #[error("egress mode {0:?} is neither Deny nor Allow")]
-    Mode(String),
 }
 
 /// iptables-restore input for IPv4 and IPv6.
@@ -135,12 +106,10 @@ fn parse_cidr(cidr: &str) -> Result<(IpAddr, u8), EgressError> {
     Ok((addr, len))
 }
 
-fn protocol(name: &str) -> Result<&'static str, EgressError> {
-    match name.to_ascii_uppercase().as_str() {
-        "TCP" => Ok("tcp"),
-        "UDP" => Ok("udp"),
-        "SCTP" => Ok("sctp"),
-        _ => Err(EgressError::Protocol(name.to_string())),
+fn protocol(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
     }
 }
 
@@ -157,17 +126,13 @@ pub fn nameservers(resolv_conf: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// Rules for the policy in the annotation, or None when egress is unrestricted.
+/// Rules for the pod's egress policy, or None when egress is unrestricted.
 pub fn render(
-    annotation: &str,
+    policy: &EgressPolicy,
     dns_servers: &[IpAddr],
 ) -> Result<Option<EgressRules>, EgressError> {
-    let policy: EgressPolicy =
-        serde_json::from_str(annotation).map_err(|e| EgressError::Parse(e.to_string()))?;
-    match policy.mode.as_str() {
-        "Allow" => return Ok(None),
-        "Deny" => {}
-        other => return Err(EgressError::Mode(other.to_string())),
+    if policy.mode == EgressMode::Allow {
+        return Ok(None);
     }
     let mut v4 = vec![];
     let mut v6 = vec![];
@@ -191,7 +156,7 @@ pub fn render(
             push(addr.is_ipv4(), format!("-d {addr}/{len}"));
         }
         for port in &rule.ports {
-            let proto = protocol(&port.protocol)?;
+            let proto = protocol(port.protocol);
             push(
                 addr.is_ipv4(),
                 format!("-d {addr}/{len} -p {proto} --dport {}", port.port),

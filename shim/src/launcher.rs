@@ -82,6 +82,21 @@ pub enum LaunchResponse {
     Failed(String),
 }
 
+/// Where container processes come from: the launcher process ([`ProcessLauncher`]), or a
+/// fake in the task service's tests. Blocking: called from a blocking thread.
+pub trait Launcher: Send + Sync + 'static {
+    fn launch(&self, request: &LaunchRequest) -> Result<LaunchResponse>;
+}
+
+/// Runs each request in a fresh launcher process (the shim's own binary, sealed).
+pub struct ProcessLauncher;
+
+impl Launcher for ProcessLauncher {
+    fn launch(&self, request: &LaunchRequest) -> Result<LaunchResponse> {
+        launch(request)
+    }
+}
+
 /// Runs one request in a fresh launcher process (blocking: call from a blocking thread).
 pub fn launch(request: &LaunchRequest) -> Result<LaunchResponse> {
     let mut child = Command::new("/proc/self/exe")

@@ -1,16 +1,24 @@
-//! The agentsandbox runtime shim (`containerd-shim-agentsandbox-v1`): the containerd task
-//! service (`service`), the single-threaded launcher that creates containers with
-//! libcontainer (`launcher`), the hardening policy every container goes through (`policy`),
-//! per-pod user namespaces and id ranges (`idmap`, `sys`), the egress firewall (`egress`) , the
-//! seccomp notification listener (`notify`) and the escape-attempt telemetry it feeds
-//! (`telemetry`).
+//! The agentsandbox runtime shim (`containerd-shim-agentsandbox-v1`): the shim process
+//! (`service`), containerd's task API as a thin adapter (`task_api`) over the task service
+//! (`task`), the per-container state machine (`container`), the pod's resources (`pod`), the
+//! escape response (`response`), all cgroup work (`cgroups`), the single-threaded launcher
+//! that creates and enters containers with libcontainer (`launcher`), the hardening policy
+//! every container goes through (`policy`), per-pod id ranges (`idmap`), the egress firewall
+//! (`egress`), the seccomp notification listener (`notify`) and the escape-attempt telemetry
+//! it feeds (`telemetry`). OS specifics beyond those live in `sys`.
 
+pub mod cgroups;
 pub mod console;
+pub mod container;
 pub mod egress;
 pub mod idmap;
 pub mod launcher;
 pub mod notify;
+pub mod pod;
 pub mod policy;
+pub mod response;
 pub mod service;
 pub mod sys;
+pub mod task;
+pub mod task_api;
 pub mod telemetry;

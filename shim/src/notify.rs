@@ -21,16 +21,6 @@ use crate::policy::seccomp::category_of;
 use crate::sys::fd_passing::receive_fd;
 use crate::telemetry::{summarize, Telemetry};
 
-/// The sandbox's `spec.security.onEscapeAttempt` (pod annotation `agentsandbox.io/on-escape-attempt`),
-/// as the action each attempt is recorded with.
-pub fn response_action(annotation: Option<&str>) -> Action {
-    match annotation {
-        Some("Kill") => Action::Killed,
-        Some("Quarantine") => Action::Quarantined,
-        _ => Action::Denied,
-    }
-}
-
 #[derive(Deserialize)]
 struct ProcessState {
     /// The container's name (the shim sets `listenerMetadata` to it), else empty.
@@ -206,7 +196,10 @@ fn describe(shared: &Shared, raw: RawAttempt) -> (EscapeAttempt, Action) {
         pid: sandbox_pid(raw.host_pid).unwrap_or(raw.host_pid),
         summary: summarize(&syscall, &raw.args),
         syscall_nr: i32::from(raw.syscall),
-        category: category_of(&syscall).unwrap_or("other").to_string(),
+        category: category_of(&syscall)
+            .unwrap_or(agentsandbox_contract::Category::Other)
+            .as_str()
+            .to_string(),
         syscall,
         action: action as i32,
     };

@@ -1,52 +1,14 @@
 //! The hardening policy on OCI specs shaped like the ones containerd's CRI writes.
 
+mod common;
+
 use std::collections::BTreeMap;
 
+use agentsandbox_contract::{annotations, Category, PodPolicy};
 use agentsandbox_shim::policy::seccomp::{self, category_of, NOTIFIED};
 use agentsandbox_shim::policy::*;
+use common::cri_spec;
 use serde_json::{json, Value};
-
-/// A container spec as containerd 1.6 CRI writes it for an ordinary pod container.
-fn cri_spec() -> Value {
-    json!({
-        "ociVersion": "1.0.2-dev",
-        "process": {
-            "user": {"uid": 0, "gid": 0},
-            "args": ["sh", "-c", "sleep 1000"],
-            "cwd": "/",
-            "capabilities": {
-                "bounding": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"],
-                "effective": ["CAP_CHOWN", "CAP_KILL"],
-                "permitted": ["CAP_CHOWN", "CAP_KILL"],
-                "inheritable": ["CAP_CHOWN"],
-                "ambient": ["CAP_CHOWN"]
-            },
-            "noNewPrivileges": false,
-            "oomScoreAdj": 1000
-        },
-        "root": {"path": "rootfs", "readonly": false},
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-            {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/kubelet/pods/abc/etc-hosts", "options": ["rbind", "rprivate", "rw"]},
-            {"destination": "/dev/shm", "type": "bind", "source": "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/x/shm", "options": ["rbind", "ro"]},
-            {"destination": "/etc/resolv.conf", "type": "bind", "source": "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/x/resolv.conf", "options": ["rbind", "ro"]}
-        ],
-        "linux": {
-            "resources": {"pids": {"limit": 0}},
-            "cgroupsPath": "/kubepods/burstable/podabc/c1",
-            "namespaces": [
-                {"type": "pid"}, {"type": "ipc", "path": "/proc/42/ns/ipc"}, {"type": "uts", "path": "/proc/42/ns/uts"},
-                {"type": "mount"}, {"type": "network", "path": "/var/run/netns/cni-1"}
-            ],
-            "maskedPaths": ["/proc/acpi", "/proc/kcore"],
-            "readonlyPaths": ["/proc/bus", "/proc/sys"],
-            "seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}
-        },
-        "annotations": {"io.kubernetes.cri.container-type": "container"}
-    })
-}
 
 fn settings() -> SandboxSettings {
     SandboxSettings {
@@ -348,7 +310,7 @@ fn clone_is_allowed_only_without_namespace_flags_and_clone3_falls_back() {
             .count(),
         7
     );
-    assert_eq!(category_of("clone"), Some("namespace"));
+    assert_eq!(category_of("clone"), Some(Category::Namespace));
     let clone3 = profile["syscalls"]
         .as_array()
         .unwrap()
@@ -528,10 +490,10 @@ fn a_working_directory_under_proc_self_fd_is_refused() {
 fn unknown_fields_of_the_spec_survive() {
     let mut spec = cri_spec();
     spec["linux"]["intelRdt"] = json!({"closID": "x"});
-    spec["hooks"] = json!({"prestart": []});
+    spec["annotations"]["example.com/x"] = json!("y");
     apply_hardening(&mut spec, &settings()).unwrap();
     assert_eq!(spec["linux"]["intelRdt"]["closID"], "x");
-    assert_eq!(spec["hooks"], json!({"prestart": []}));
+    assert_eq!(spec["annotations"]["example.com/x"], "y");
     assert_eq!(
         spec["linux"]["cgroupsPath"],
         "/kubepods/burstable/podabc/c1"
@@ -539,19 +501,24 @@ fn unknown_fields_of_the_spec_survive() {
 }
 
 #[test]
-fn settings_come_from_the_operators_annotations_and_default_to_strict() {
-    let strict = SandboxSettings::from_annotations(&BTreeMap::new());
+fn oci_hooks_are_removed_because_they_would_run_as_host_root() {
+    let mut spec = cri_spec();
+    spec["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "id"]}]});
+    apply_hardening(&mut spec, &settings()).unwrap();
+    assert_eq!(spec.get("hooks"), None);
+}
+
+#[test]
+fn settings_come_from_the_pod_policy_and_default_to_strict() {
+    let defaults = PodPolicy::from_annotations(&BTreeMap::new()).unwrap();
+    let strict = SandboxSettings::for_container(&defaults, "agent");
     assert!(strict.read_only_root);
-    let standard = SandboxSettings::from_annotations(&BTreeMap::from([
-        (
-            "agentsandbox.io/isolation-profile".to_string(),
-            "Standard".to_string(),
-        ),
-        (
-            "io.kubernetes.cri.container-name".to_string(),
-            "agent".to_string(),
-        ),
-    ]));
+    let pod = PodPolicy::from_annotations(&BTreeMap::from([(
+        annotations::ISOLATION.to_string(),
+        "Standard".to_string(),
+    )]))
+    .unwrap();
+    let standard = SandboxSettings::for_container(&pod, "agent");
     assert!(!standard.read_only_root);
     assert_eq!(standard.notify_metadata, "agent");
 }

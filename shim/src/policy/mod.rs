@@ -5,8 +5,7 @@
 
 pub mod seccomp;
 
-use std::collections::BTreeMap;
-
+use agentsandbox_contract::{IsolationProfile, PodPolicy};
 use serde_json::{json, Value};
 
 /// Capabilities a sandbox may keep. Each acts only inside the sandbox's user namespace (its
@@ -144,23 +143,25 @@ pub struct SandboxSettings {
 }
 
 impl SandboxSettings {
-    /// Reads the operator's annotations; missing ones take the strictest value.
-    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> SandboxSettings {
-        let profile = annotations
-            .get("agentsandbox.io/isolation-profile")
-            .map(String::as_str)
-            .unwrap_or("Strict");
+    /// The settings of one container of a pod with `policy` (the pod's annotations, parsed
+    /// once by the shim); `container_name` is the pod spec's name of the container.
+    pub fn for_container(policy: &PodPolicy, container_name: &str) -> SandboxSettings {
         SandboxSettings {
-            read_only_root: profile != "Standard",
+            read_only_root: policy.isolation == IsolationProfile::Strict,
             pids_limit: DEFAULT_PIDS_LIMIT,
             user_namespace: None,
             notify_socket: None,
-            notify_metadata: annotations
-                .get("io.kubernetes.cri.container-name")
-                .cloned()
-                .unwrap_or_default(),
+            notify_metadata: container_name.to_string(),
         }
     }
+}
+
+/// Resources of a task API Update as the policy allows them: the pids limit never rises
+/// above the policy's.
+pub fn clamp_resources(resources: &mut Value) {
+    let requested = resources["pids"]["limit"].as_i64().filter(|l| *l > 0);
+    resources["pids"]["limit"] =
+        Value::from(requested.map_or(DEFAULT_PIDS_LIMIT, |r| r.min(DEFAULT_PIDS_LIMIT)));
 }
 
 fn strings(value: &Value) -> Vec<String> {
@@ -281,6 +282,11 @@ fn union(existing: &Value, ours: &[&str]) -> Value {
 
 /// What is enforced whatever the pod asked for.
 fn enforce(spec: &mut Value, settings: &SandboxSettings) {
+    // OCI hooks run as host root in the runtime's namespaces: a sandbox gets none. (CRI sets
+    // none itself; NRI plugins or a hand-made spec could.)
+    if let Some(spec) = spec.as_object_mut() {
+        spec.remove("hooks");
+    }
     let process = &mut spec["process"];
     process["noNewPrivileges"] = json!(true);
     let kept: Vec<String> = strings(&process["capabilities"]["bounding"])

@@ -6,6 +6,7 @@
 //! is not a security decision, the kernel documentation says so), so the race between the
 //! notification and the arguments it carries cannot turn a denial into an allowance.
 
+use agentsandbox_contract::Category;
 use serde_json::{json, Value};
 
 /// errno returned for everything outside the allowlist.
@@ -29,56 +30,56 @@ pub const CLONE_NAMESPACE_FLAGS: [u64; 7] = [
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Notified {
     pub syscall: &'static str,
-    pub category: &'static str,
+    pub category: Category,
 }
 
-const fn n(syscall: &'static str, category: &'static str) -> Notified {
+const fn n(syscall: &'static str, category: Category) -> Notified {
     Notified { syscall, category }
 }
 
 /// Denied and reported. Categories are what `status.security.attemptsByCategory` counts.
 pub const NOTIFIED: &[Notified] = &[
-    n("unshare", "namespace"),
-    n("setns", "namespace"),
-    n("mount", "mount"),
-    n("umount2", "mount"),
-    n("pivot_root", "mount"),
-    n("fsopen", "mount"),
-    n("fsconfig", "mount"),
-    n("fsmount", "mount"),
-    n("fspick", "mount"),
-    n("move_mount", "mount"),
-    n("open_tree", "mount"),
-    n("mount_setattr", "mount"),
-    n("ptrace", "ptrace"),
-    n("process_vm_readv", "ptrace"),
-    n("process_vm_writev", "ptrace"),
-    n("kcmp", "ptrace"),
-    n("pidfd_getfd", "ptrace"),
-    n("bpf", "bpf"),
-    n("perf_event_open", "kernel"),
-    n("init_module", "kernel"),
-    n("finit_module", "kernel"),
-    n("delete_module", "kernel"),
-    n("kexec_load", "kernel"),
-    n("kexec_file_load", "kernel"),
-    n("keyctl", "keyring"),
-    n("add_key", "keyring"),
-    n("request_key", "keyring"),
-    n("open_by_handle_at", "fs-handle"),
-    n("userfaultfd", "userfaultfd"),
-    n("io_uring_setup", "io_uring"),
-    n("io_uring_enter", "io_uring"),
-    n("io_uring_register", "io_uring"),
-    n("reboot", "kernel"),
-    n("swapon", "kernel"),
-    n("swapoff", "kernel"),
-    n("iopl", "kernel"),
-    n("ioperm", "kernel"),
+    n("unshare", Category::Namespace),
+    n("setns", Category::Namespace),
+    n("mount", Category::Mount),
+    n("umount2", Category::Mount),
+    n("pivot_root", Category::Mount),
+    n("fsopen", Category::Mount),
+    n("fsconfig", Category::Mount),
+    n("fsmount", Category::Mount),
+    n("fspick", Category::Mount),
+    n("move_mount", Category::Mount),
+    n("open_tree", Category::Mount),
+    n("mount_setattr", Category::Mount),
+    n("ptrace", Category::Ptrace),
+    n("process_vm_readv", Category::Ptrace),
+    n("process_vm_writev", Category::Ptrace),
+    n("kcmp", Category::Ptrace),
+    n("pidfd_getfd", Category::Ptrace),
+    n("bpf", Category::Bpf),
+    n("perf_event_open", Category::Kernel),
+    n("init_module", Category::Kernel),
+    n("finit_module", Category::Kernel),
+    n("delete_module", Category::Kernel),
+    n("kexec_load", Category::Kernel),
+    n("kexec_file_load", Category::Kernel),
+    n("keyctl", Category::Keyring),
+    n("add_key", Category::Keyring),
+    n("request_key", Category::Keyring),
+    n("open_by_handle_at", Category::FsHandle),
+    n("userfaultfd", Category::Userfaultfd),
+    n("io_uring_setup", Category::IoUring),
+    n("io_uring_enter", Category::IoUring),
+    n("io_uring_register", Category::IoUring),
+    n("reboot", Category::Kernel),
+    n("swapon", Category::Kernel),
+    n("swapoff", Category::Kernel),
+    n("iopl", Category::Kernel),
+    n("ioperm", Category::Kernel),
 ];
 
 /// Category of namespace-flagged clone calls.
-pub const CLONE_CATEGORY: &str = "namespace";
+pub const CLONE_CATEGORY: Category = Category::Namespace;
 
 /// What ordinary programs need: processes, files, memory, signals, time, sockets, polling.
 /// Everything not here and not notified gets EPERM.
@@ -493,7 +494,7 @@ pub fn agent_profile(listener_path: Option<&str>, listener_metadata: &str) -> Va
 }
 
 /// The category a notified syscall is reported under (`clone` with namespace flags included).
-pub fn category_of(syscall: &str) -> Option<&'static str> {
+pub fn category_of(syscall: &str) -> Option<Category> {
     if syscall == "clone" {
         return Some(CLONE_CATEGORY);
     }

@@ -1,9 +1,7 @@
 //! Linux specifics the shim needs beyond libcontainer: pinned user namespaces, idmapped
-//! image layers, joining the pod's namespaces, cgroup v1 statistics.
+//! image layers, joining the pod's namespaces.
 
 pub mod exec;
 pub mod fd_passing;
 pub mod mounts;
 pub mod namespaces;
-pub mod oom;
-pub mod stats;

@@ -26,12 +26,14 @@ use tokio::sync::{mpsc, Notify};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::api::{AgentSandbox, EscapeAttempt};
 use crate::escapes::{
     escape_condition, event_message, merge_security, to_api_attempt, PodTotals, ESCAPE_ATTEMPTED,
     EVENT_REASON, RECENT_ATTEMPTS,
 };
-use crate::resources::{ANNOTATION_SANDBOX_NAME, ANNOTATION_SANDBOX_NAMESPACE};
+use agentsandbox_contract::annotations::{
+    SANDBOX_NAME as ANNOTATION_SANDBOX_NAME, SANDBOX_NAMESPACE as ANNOTATION_SANDBOX_NAMESPACE,
+};
+use agentsandbox_operator::api::{AgentSandbox, EscapeAttempt, EscapeResponse};
 
 /// Field manager of `status.security` and the EscapeAttempted condition (apart from the
 /// activity reporter's, so neither apply removes the other's fields).
@@ -469,11 +471,11 @@ async fn write_sandbox(
         },
         "type": "Warning",
         "reason": EVENT_REASON,
-        "action": security.response.as_ref().map_or("Deny", |r| match r.action.as_str() {
-            "Killed" => "Kill",
-            "Quarantined" => "Quarantine",
-            _ => "Deny",
-        }),
+        "action": security
+            .response
+            .as_ref()
+            .map_or(EscapeResponse::Deny, |r| r.action.requested())
+            .as_str(),
         "message": event_message(&security),
         "count": security.escape_attempts,
         "firstTimestamp": condition.last_transition_time,

@@ -1,6 +1,6 @@
 //! The node installer's containerd configuration plan and its file edges.
 
-use agentsandbox_operator::installer::{
+use agentsandbox_node::installer::{
     config_version, install_config, install_shim, plan_config, InstallError, BACKUP_SUFFIX,
     SHIM_NAME,
 };

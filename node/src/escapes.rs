@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, VecDeque};
 use agentsandbox_telemetry::v1 as wire;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{EscapeAttempt, EscapeResponseRecord, PodEscapeCounts, SecurityStatus};
+use agentsandbox_operator::api::{
+    EscapeAttempt, EscapeResponseRecord, PodEscapeCounts, ResponseTaken, SecurityStatus,
+};
 
 /// Attempts kept in `status.security.recentAttempts`.
 pub const RECENT_ATTEMPTS: usize = 10;
@@ -25,7 +27,8 @@ pub struct PodTotals {
     pub total: u64,
     pub by_category: BTreeMap<String, u64>,
     pub dropped: u64,
-    pub response: Option<wire::Action>,
+    /// Kill or Quarantine, once the runtime carried it out.
+    pub response: Option<ResponseTaken>,
 }
 
 impl PodTotals {
@@ -38,21 +41,10 @@ impl PodTotals {
             *count = (*count).max(c.count);
         }
         self.dropped = self.dropped.max(report.dropped_details);
-        let response = wire::Action::try_from(report.response).unwrap_or(wire::Action::Denied);
-        if matches!(response, wire::Action::Killed | wire::Action::Quarantined)
-            && self.response.is_none_or(|r| response > r)
-        {
+        let response = wire::Action::taken_from_wire(report.response);
+        if response != ResponseTaken::Denied && self.response.is_none_or(|r| response > r) {
             self.response = Some(response);
         }
-    }
-}
-
-/// The API's name of an action.
-pub fn action_name(action: wire::Action) -> &'static str {
-    match action {
-        wire::Action::Killed => "Killed",
-        wire::Action::Quarantined => "Quarantined",
-        wire::Action::Denied | wire::Action::Unspecified => "Denied",
     }
 }
 
@@ -67,7 +59,7 @@ pub fn to_api_attempt(attempt: &wire::EscapeAttempt) -> EscapeAttempt {
         syscall: attempt.syscall.clone(),
         category: attempt.category.clone(),
         summary: (!attempt.summary.is_empty()).then(|| attempt.summary.clone()),
-        action: action_name(wire::Action::try_from(attempt.action).unwrap_or_default()).into(),
+        action: wire::Action::taken_from_wire(attempt.action),
     }
 }
 
@@ -129,9 +121,9 @@ pub fn merge_security(
             existing
                 .response
                 .clone()
-                .filter(|r| r.pod_uid == pod_uid && r.action == action_name(action))
+                .filter(|r| r.pod_uid == pod_uid && r.action == action)
                 .unwrap_or_else(|| EscapeResponseRecord {
-                    action: action_name(action).into(),
+                    action,
                     pod_uid: pod_uid.into(),
                     time: now.clone(),
                 }),
@@ -180,10 +172,10 @@ pub fn escape_condition(
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
-    let reason = match security.response.as_ref().map(|r| r.action.as_str()) {
-        Some("Killed") => "SandboxKilled",
-        Some("Quarantined") => "SandboxQuarantined",
-        _ => "AttemptsDenied",
+    let reason = match security.response.as_ref().map(|r| r.action) {
+        Some(ResponseTaken::Killed) => "SandboxKilled",
+        Some(ResponseTaken::Quarantined) => "SandboxQuarantined",
+        Some(ResponseTaken::Denied) | None => "AttemptsDenied",
     };
     let last_transition_time = previous
         .filter(|c| c.status == "True")
@@ -212,10 +204,10 @@ pub fn event_message(security: &SecurityStatus) -> String {
         .map(|(c, n)| format!("{c}={n}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let response = match security.response.as_ref().map(|r| r.action.as_str()) {
-        Some("Killed") => "; the sandbox was killed",
-        Some("Quarantined") => "; the sandbox is quarantined (frozen, network cut)",
-        _ => "",
+    let response = match security.response.as_ref().map(|r| r.action) {
+        Some(ResponseTaken::Killed) => "; the sandbox was killed",
+        Some(ResponseTaken::Quarantined) => "; the sandbox is quarantined (frozen, network cut)",
+        Some(ResponseTaken::Denied) | None => "",
     };
     format!(
         "{} escape attempt(s) denied ({categories}); {}{response}",

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use agentsandbox_operator::escape_reporter::{self, EscapeReporter};
-use agentsandbox_operator::installer::{self, Restart};
-use agentsandbox_operator::node::{run_activity_reporter, sandbox_pods, NodeSettings};
+use agentsandbox_node::activity_reporter::{run_activity_reporter, sandbox_pods, NodeSettings};
+use agentsandbox_node::escape_reporter::{self, EscapeReporter};
+use agentsandbox_node::installer::{self, Restart};
 use anyhow::{Context, Result};
 use axum::extract::State;
 use axum::routing::get;

@@ -112,29 +112,6 @@ pub fn pod_cgroup_candidates(cgroup_root: &Path, pod_uid: &str) -> Vec<(PathBuf,
     candidates
 }
 
-/// Parses a Go-style duration of hours, minutes and seconds (`1h30m`, `45s`), the format
-/// `lifetime.idleTimeout` accepts.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let value: u64 = number.parse().ok()?;
-        number.clear();
-        total += value
-            * match c {
-                'h' => 3600,
-                'm' => 60,
-                's' => 1,
-                _ => return None,
-            };
-    }
-    (number.is_empty() && !text.is_empty()).then_some(Duration::from_secs(total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,15 +217,5 @@ Udp: 5 2 0 6 0 0 0 0 0
         assert!(candidates
             .iter()
             .any(|(p, v2)| *v2 && p.ends_with("kubepods/burstable/pod1234-ab")));
-    }
-
-    #[test]
-    fn durations_parse_like_the_crd_pattern() {
-        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
-        assert_eq!(parse_duration("1h30m15s"), Some(Duration::from_secs(5415)));
-        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration(""), None);
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("5d"), None);
     }
 }

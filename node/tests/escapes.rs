@@ -3,10 +3,10 @@
 
 use std::collections::VecDeque;
 
-use agentsandbox_operator::api::{EscapeAttempt, SecurityStatus};
-use agentsandbox_operator::escapes::{
+use agentsandbox_node::escapes::{
     escape_condition, event_message, merge_security, PodTotals, RECENT_ATTEMPTS,
 };
+use agentsandbox_operator::api::{EscapeAttempt, ResponseTaken, SecurityStatus};
 use agentsandbox_telemetry::v1 as wire;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -51,7 +51,7 @@ fn attempt(syscall: &str, second: i64) -> EscapeAttempt {
         syscall: syscall.into(),
         category: "namespace".into(),
         summary: None,
-        action: "Denied".into(),
+        action: ResponseTaken::Denied,
     }
 }
 
@@ -139,8 +139,8 @@ fn a_kill_or_quarantine_is_recorded_for_the_pod_it_was_carried_out_on() {
     );
     let response = security.response.clone().unwrap();
     assert_eq!(
-        (response.action.as_str(), response.pod_uid.as_str()),
-        ("Quarantined", "pod-a")
+        (response.action, response.pod_uid.as_str()),
+        (ResponseTaken::Quarantined, "pod-a")
     );
     let condition = escape_condition(&security, None, Some(2), &at(3));
     assert_eq!(condition.reason, "SandboxQuarantined");

@@ -1,28 +1,18 @@
 //! The node agent's telemetry socket: root-only by file mode, and by peer credentials even
 //! when the mode is loosened. Runs the real gRPC server; needs root (to switch a client to
-//! an unprivileged uid).
+//! an unprivileged uid) and python3, so it runs with the e2e tests, not the unit tests.
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
 
-use agentsandbox_operator::escape_reporter::{bind_socket, root_peers, TelemetryService};
+use agentsandbox_e2e::telemetry_socket_probe;
+use agentsandbox_node::escape_reporter::{bind_socket, root_peers, TelemetryService};
 use agentsandbox_telemetry::v1::telemetry_server::TelemetryServer;
 
 const NOBODY: u32 = 65534;
 
-/// Runs the socket probe (telemetry/testdata/h2_probe.py) as `uid`: "h2", "closed" or
-/// "connect-error ERRNO".
 fn probe(socket: &Path, uid: u32) -> String {
-    let out = Command::new("python3")
-        .args(["-c", include_str!("../../telemetry/testdata/h2_probe.py")])
-        .arg(socket)
-        .uid(uid)
-        .gid(uid)
-        .output()
-        .expect("python3 runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    telemetry_socket_probe(&socket.to_string_lossy(), uid)
 }
 
 #[tokio::test]

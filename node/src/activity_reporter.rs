@@ -17,14 +17,15 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::activity::{
+use crate::activity_sampling::{
     parse_cpu_stat, parse_cpuacct_usage, parse_snmp, parse_snmp6, pod_cgroup_candidates,
     was_active, Sample,
 };
-use crate::api::AgentSandbox;
-use crate::resources::{
-    ANNOTATION_SANDBOX_NAME, ANNOTATION_SANDBOX_NAMESPACE, LABEL_MANAGED_BY, MANAGED_BY,
+use agentsandbox_contract::annotations::{
+    SANDBOX_NAME as ANNOTATION_SANDBOX_NAME, SANDBOX_NAMESPACE as ANNOTATION_SANDBOX_NAMESPACE,
 };
+use agentsandbox_operator::api::AgentSandbox;
+use agentsandbox_operator::resources::{LABEL_MANAGED_BY, MANAGED_BY};
 
 pub const FIELD_MANAGER: &str = "agentsandbox-node";
 

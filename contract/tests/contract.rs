@@ -1,0 +1,103 @@
+//! The contract round-trips: what the operator writes, the shim reads back unchanged.
+
+use std::collections::BTreeMap;
+
+use agentsandbox_contract::{
+    annotations, Category, EgressMode, EgressPolicy, EgressPort, EgressRule, EscapeResponse,
+    IsolationProfile, PodIdentity, PodPolicy, PolicyError, Protocol, ResponseTaken,
+    SeccompProfileChoice,
+};
+
+fn full_policy() -> PodPolicy {
+    PodPolicy {
+        identity: PodIdentity {
+            sandbox_name: "coder".into(),
+            sandbox_namespace: "team-a".into(),
+            sandbox_uid: "6f1c".into(),
+        },
+        isolation: IsolationProfile::Standard,
+        seccomp: SeccompProfileChoice::RuntimeDefault,
+        on_escape: EscapeResponse::Quarantine,
+        egress: Some(EgressPolicy {
+            mode: EgressMode::Deny,
+            allow: vec![EgressRule {
+                cidr: "10.20.0.0/16".into(),
+                ports: vec![EgressPort {
+                    port: 443,
+                    protocol: Protocol::Udp,
+                }],
+            }],
+            dns: true,
+        }),
+    }
+}
+
+#[test]
+fn pod_policy_round_trips_through_annotations() {
+    let policy = full_policy();
+    let written = policy.to_annotations();
+    assert!(written.keys().all(|k| k.starts_with(annotations::PREFIX)));
+    assert_eq!(PodPolicy::from_annotations(&written), Ok(policy));
+}
+
+#[test]
+fn egress_json_is_the_documented_shape() {
+    let json = &full_policy().to_annotations()[annotations::EGRESS];
+    assert_eq!(
+        json,
+        r#"{"mode":"Deny","allow":[{"cidr":"10.20.0.0/16","ports":[{"port":443,"protocol":"UDP"}]}],"dns":true}"#
+    );
+}
+
+#[test]
+fn missing_annotations_take_the_defaults() {
+    let policy = PodPolicy::from_annotations(&BTreeMap::new()).unwrap();
+    assert_eq!(policy.isolation, IsolationProfile::Strict);
+    assert_eq!(policy.on_escape, EscapeResponse::Deny);
+    assert_eq!(policy.seccomp, SeccompProfileChoice::Agent);
+    assert_eq!(policy.egress, None);
+}
+
+#[test]
+fn unknown_values_are_refused_not_weakened() {
+    for (key, value) in [
+        (annotations::ISOLATION, "strict"),
+        (annotations::ON_ESCAPE, "Ignore"),
+        (annotations::SECCOMP, "Unconfined"),
+        (annotations::EGRESS, "{\"mode\":\"Open\"}"),
+        (annotations::EGRESS, "not json"),
+    ] {
+        let pod = BTreeMap::from([(key.to_string(), value.to_string())]);
+        let refused = PodPolicy::from_annotations(&pod);
+        assert!(refused.is_err(), "{key}={value} was accepted: {refused:?}");
+    }
+    assert_eq!(
+        "Ignore".parse::<EscapeResponse>(),
+        Err(PolicyError::UnknownValue {
+            kind: "EscapeResponse",
+            value: "Ignore".into(),
+            expected: "Deny, Kill, Quarantine".into(),
+        })
+    );
+}
+
+#[test]
+fn every_name_parses_back_to_itself() {
+    for c in Category::ALL {
+        assert_eq!(c.as_str().parse::<Category>(), Ok(*c));
+        assert_eq!(serde_json::to_string(c).unwrap(), format!("\"{c}\""));
+    }
+    for r in EscapeResponse::ALL {
+        assert_eq!(r.as_str().parse::<EscapeResponse>(), Ok(*r));
+        assert_eq!(r.taken().requested(), *r);
+    }
+    for r in ResponseTaken::ALL {
+        assert_eq!(r.as_str().parse::<ResponseTaken>(), Ok(*r));
+    }
+}
+
+#[test]
+fn responses_are_ordered_by_strength() {
+    assert!(ResponseTaken::Denied < ResponseTaken::Killed);
+    assert!(ResponseTaken::Killed < ResponseTaken::Quarantined);
+}

@@ -1,0 +1,475 @@
+//! The task service through containerd's task API, with a fake launcher instead of
+//! libcontainer: what the shim decides (policy, id ranges, the container state machine,
+//! events, signals, cleanup) in seconds, without root or containerd. The e2e tests run the
+//! same calls through a real containerd with real containers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+
+use agentsandbox_contract::{annotations, ResponseTaken};
+use agentsandbox_shim::launcher::{LaunchRequest, LaunchResponse, Launcher};
+use agentsandbox_shim::task::{EventSink, TaskService};
+use async_trait::async_trait;
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
+use containerd_shim_protos::ttrpc::{Code, Error as TtrpcError, MessageHeader};
+use serde_json::{json, Value};
+
+/// Stands in for the launcher: a `sleep` child per container or exec, and libcontainer's
+/// init socket, which records the start message.
+#[derive(Default)]
+struct FakeLauncher {
+    creates: Mutex<Vec<Value>>,
+    children: Mutex<Vec<Child>>,
+    started: Arc<Mutex<Vec<String>>>,
+    fail_next: Mutex<Option<String>>,
+}
+
+impl FakeLauncher {
+    fn spawn(&self) -> i32 {
+        let child = Command::new("sleep").arg("60").spawn().expect("sleep");
+        let pid = child.id() as i32;
+        self.children.lock().unwrap().push(child);
+        pid
+    }
+
+    /// Whether the child `pid` has exited (reaping it).
+    fn exited(&self, pid: i32) -> bool {
+        let mut children = self.children.lock().unwrap();
+        let child = children.iter_mut().find(|c| c.id() as i32 == pid).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for FakeLauncher {
+    fn drop(&mut self) {
+        for child in self.children.lock().unwrap().iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Launcher for FakeLauncher {
+    fn launch(&self, request: &LaunchRequest) -> anyhow::Result<LaunchResponse> {
+        if let Some(message) = self.fail_next.lock().unwrap().take() {
+            return Ok(LaunchResponse::Failed(message));
+        }
+        if let LaunchRequest::Create(create) = request {
+            self.creates
+                .lock()
+                .unwrap()
+                .push(serde_json::to_value(create.as_ref())?);
+            let dir = create.root.join(&create.id);
+            std::fs::create_dir_all(&dir)?;
+            let socket = UnixListener::bind(dir.join("notify.sock"))?;
+            let started = self.started.clone();
+            let id = create.id.clone();
+            std::thread::spawn(move || {
+                if let Ok((mut stream, _)) = socket.accept() {
+                    let mut message = String::new();
+                    let _ = stream.read_to_string(&mut message);
+                    started.lock().unwrap().push(format!("{id}: {message}"));
+                }
+            });
+        }
+        Ok(LaunchResponse::Pid(self.spawn()))
+    }
+}
+
+#[derive(Default)]
+struct RecordedEvents(Mutex<Vec<String>>);
+
+#[async_trait]
+impl EventSink for RecordedEvents {
+    async fn publish(&self, topic: &str, _event: Box<dyn MessageDyn>) {
+        self.0.lock().unwrap().push(topic.to_string());
+    }
+}
+
+struct Harness {
+    service: TaskService,
+    launcher: Arc<FakeLauncher>,
+    events: Arc<RecordedEvents>,
+    root: PathBuf,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn harness(name: &str) -> Harness {
+    let root = std::env::temp_dir().join(format!("asb-task-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let launcher = Arc::new(FakeLauncher::default());
+    let events = Arc::new(RecordedEvents::default());
+    let service = TaskService::new("k8s.io", &root, launcher.clone(), events.clone());
+    Harness {
+        service,
+        launcher,
+        events,
+        root,
+    }
+}
+
+fn ctx() -> TtrpcContext {
+    TtrpcContext {
+        mh: MessageHeader::default(),
+        metadata: HashMap::new(),
+        timeout_nano: 0,
+    }
+}
+
+fn code(err: TtrpcError) -> Code {
+    match err {
+        TtrpcError::RpcStatus(status) => status.code(),
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+/// A bundle with a CRI-shaped spec for a container of pod "pod-1".
+fn bundle(root: &Path, id: &str, container_type: &str, extra: Value) -> String {
+    let dir = root.join("bundles").join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("resolv.conf"), "nameserver 10.96.0.10\n").unwrap();
+    let mut spec = common::cri_spec();
+    spec["linux"]["cgroupsPath"] = json!(format!("/agentsandbox-test-absent/{id}"));
+    spec["mounts"][5]["source"] = json!(dir.join("resolv.conf"));
+    let annotations = spec["annotations"].as_object_mut().unwrap();
+    annotations.insert(
+        "io.kubernetes.cri.container-type".into(),
+        json!(container_type),
+    );
+    annotations.insert("io.kubernetes.cri.sandbox-id".into(), json!("pod-1"));
+    annotations.insert("io.kubernetes.cri.container-name".into(), json!(id));
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        annotations.insert(k.clone(), v.clone());
+    }
+    std::fs::write(dir.join("config.json"), spec.to_string()).unwrap();
+    dir.to_string_lossy().into_owned()
+}
+
+fn sigkill(id: &str) -> api::KillRequest {
+    api::KillRequest {
+        id: id.into(),
+        signal: 9,
+        ..Default::default()
+    }
+}
+
+fn create_request(bundle: String, id: &str) -> api::CreateTaskRequest {
+    api::CreateTaskRequest {
+        id: id.into(),
+        bundle,
+        ..Default::default()
+    }
+}
+
+fn slots(root: &Path) -> usize {
+    std::fs::read_dir(root.join("idmap"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn egress_policy() -> Value {
+    json!({
+        annotations::EGRESS: r#"{"mode":"Deny","allow":[{"cidr":"10.1.0.0/16","ports":[{"port":443,"protocol":"TCP"}]}],"dns":false}"#,
+        annotations::ON_ESCAPE: "Kill",
+    })
+}
+
+#[tokio::test]
+async fn a_pod_runs_through_create_start_kill_exit_and_delete_with_events_in_order() {
+    let h = harness("lifecycle");
+    let pause = bundle(&h.root, "pause", "sandbox", egress_policy());
+    let agent = bundle(&h.root, "agent", "container", egress_policy());
+
+    let created = h
+        .service
+        .create(&ctx(), create_request(pause, "pause"))
+        .await
+        .unwrap();
+    assert_eq!(
+        slots(&h.root),
+        1,
+        "the pod's first container claims an id range"
+    );
+    let agent_pid = h
+        .service
+        .create(&ctx(), create_request(agent, "agent"))
+        .await
+        .unwrap()
+        .pid;
+    assert_eq!(slots(&h.root), 1, "later containers join the pod's range");
+
+    let creates = h.launcher.creates.lock().unwrap().clone();
+    assert!(
+        creates[0]["pin_user_namespace"].is_array(),
+        "the first pins the namespace"
+    );
+    assert!(
+        creates[1]["pin_user_namespace"].is_null(),
+        "the second joins it"
+    );
+    assert!(
+        creates[0]["egress"].is_null(),
+        "no firewall from the pause container"
+    );
+    let rules = creates[1]["egress"]["ipv4"].as_str().unwrap();
+    assert!(
+        rules.contains("-d 10.1.0.0/16 -p tcp --dport 443 -j ACCEPT"),
+        "{rules}"
+    );
+    // The hardened bundle the launcher gets has the policy applied.
+    let hardened: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(creates[1]["bundle"].as_str().unwrap()).join("config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(hardened["process"]["noNewPrivileges"], true);
+    assert_eq!(hardened["root"]["readonly"], true);
+
+    let start = |id: &str| api::StartRequest {
+        id: id.into(),
+        ..Default::default()
+    };
+    h.service.start(&ctx(), start("pause")).await.unwrap();
+    h.service.start(&ctx(), start("agent")).await.unwrap();
+    let again = h.service.start(&ctx(), start("agent")).await.unwrap_err();
+    assert_eq!(code(again), Code::FAILED_PRECONDITION);
+    let started = h.launcher.started.lock().unwrap().clone();
+    assert!(
+        started.contains(&"agent: start container".to_string()),
+        "{started:?}"
+    );
+
+    let state = h
+        .service
+        .state(
+            &ctx(),
+            api::StateRequest {
+                id: "agent".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(state.status, api::Status::RUNNING.into());
+
+    h.service.kill(&ctx(), sigkill("agent")).await.unwrap();
+    assert!(
+        h.launcher.exited(agent_pid as i32),
+        "SIGKILL reached the process"
+    );
+    h.service.on_exit(agent_pid as i32, 137).await;
+    let waited = h
+        .service
+        .wait(
+            &ctx(),
+            api::WaitRequest {
+                id: "agent".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(waited.exit_status, 137);
+    let killed_again = h.service.kill(&ctx(), sigkill("agent")).await.unwrap_err();
+    assert_eq!(
+        code(killed_again),
+        Code::NOT_FOUND,
+        "an exited process takes no signal"
+    );
+
+    let delete = |id: &str| api::DeleteRequest {
+        id: id.into(),
+        ..Default::default()
+    };
+    let deleted = h.service.delete(&ctx(), delete("agent")).await.unwrap();
+    assert_eq!(deleted.exit_status, 137);
+    assert!(!h.root.join("k8s.io/containers/agent").exists());
+    assert_eq!(
+        slots(&h.root),
+        1,
+        "the pod keeps its range while its sandbox lives"
+    );
+    h.service.delete(&ctx(), delete("pause")).await.unwrap();
+    assert_eq!(
+        slots(&h.root),
+        0,
+        "deleting the sandbox container frees the range"
+    );
+    assert!(created.pid > 0);
+
+    let topics = h.events.0.lock().unwrap().clone();
+    assert_eq!(
+        topics,
+        vec![
+            "/tasks/create",
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete",
+            "/tasks/delete"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_container_claims_nothing_and_never_reaches_the_launcher() {
+    let h = harness("refused");
+    let dir = bundle(&h.root, "pause", "sandbox", json!({}));
+    // A privileged container: the full capability set and no masked paths.
+    let path = Path::new(&dir).join("config.json");
+    let mut spec: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    spec["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN"]);
+    spec["linux"]["maskedPaths"] = json!([]);
+    spec["linux"]["readonlyPaths"] = json!([]);
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let err = h
+        .service
+        .create(&ctx(), create_request(dir, "pause"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), Code::FAILED_PRECONDITION);
+    assert_eq!(slots(&h.root), 0);
+    assert!(h.launcher.creates.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_policy_annotation_that_does_not_parse_is_refused_not_weakened() {
+    let h = harness("badpolicy");
+    let dir = bundle(
+        &h.root,
+        "pause",
+        "sandbox",
+        json!({annotations::ON_ESCAPE: "Ignore"}),
+    );
+    let err = h
+        .service
+        .create(&ctx(), create_request(dir, "pause"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), Code::INVALID_ARGUMENT);
+    assert!(h.launcher.creates.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_first_create_gives_the_id_range_and_state_back() {
+    let h = harness("failed");
+    *h.launcher.fail_next.lock().unwrap() = Some("rootfs: no such layer".into());
+    let dir = bundle(&h.root, "pause", "sandbox", json!({}));
+    let err = h
+        .service
+        .create(&ctx(), create_request(dir.clone(), "pause"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), Code::UNKNOWN);
+    assert_eq!(slots(&h.root), 0, "the range was released");
+    assert!(!h.root.join("k8s.io/containers/pause").exists());
+    // The next try works and claims a range again.
+    h.service
+        .create(&ctx(), create_request(dir, "pause"))
+        .await
+        .unwrap();
+    assert_eq!(slots(&h.root), 1);
+}
+
+#[tokio::test]
+async fn after_a_kill_response_every_container_is_dead_and_no_new_one_starts() {
+    let h = harness("kill");
+    let pause = bundle(&h.root, "pause", "sandbox", egress_policy());
+    let agent = bundle(&h.root, "agent", "container", egress_policy());
+    h.service
+        .create(&ctx(), create_request(pause, "pause"))
+        .await
+        .unwrap();
+    let agent_pid = h
+        .service
+        .create(&ctx(), create_request(agent.clone(), "agent"))
+        .await
+        .unwrap()
+        .pid;
+    h.service.respond(ResponseTaken::Killed).await;
+    assert!(h.launcher.exited(agent_pid as i32), "the agent was killed");
+    let refused = h
+        .service
+        .create(&ctx(), create_request(agent, "agent-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(refused), Code::FAILED_PRECONDITION);
+}
+
+#[tokio::test]
+async fn execs_follow_their_state_machine() {
+    let h = harness("exec");
+    let pause = bundle(&h.root, "pause", "sandbox", json!({}));
+    h.service
+        .create(&ctx(), create_request(pause, "pause"))
+        .await
+        .unwrap();
+    let exec = |exec_id: &str, cwd: &str| api::ExecProcessRequest {
+        id: "pause".into(),
+        exec_id: exec_id.into(),
+        spec: Some(
+            containerd_shim_protos::protobuf::well_known_types::any::Any {
+                value: json!({"args": ["true"], "cwd": cwd, "user": {"uid": 0, "gid": 0}})
+                    .to_string()
+                    .into_bytes(),
+                ..Default::default()
+            },
+        )
+        .into(),
+        ..Default::default()
+    };
+    h.service.exec(&ctx(), exec("e1", "/")).await.unwrap();
+    let twice = h.service.exec(&ctx(), exec("e1", "/")).await.unwrap_err();
+    assert_eq!(code(twice), Code::ALREADY_EXISTS);
+    let proc_fd = h
+        .service
+        .exec(&ctx(), exec("e2", "/proc/self/fd/3"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(proc_fd), Code::FAILED_PRECONDITION);
+    // Not started yet: an exec cannot run in a container that is not running.
+    let early = h
+        .service
+        .start(
+            &ctx(),
+            api::StartRequest {
+                id: "pause".into(),
+                exec_id: "e1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(early), Code::FAILED_PRECONDITION);
+    let mut elsewhere = exec("e3", "/");
+    elsewhere.id = "nope".into();
+    let unknown = h.service.exec(&ctx(), elsewhere).await.unwrap_err();
+    assert_eq!(code(unknown), Code::NOT_FOUND);
+}
