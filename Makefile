@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: critest help up down deps test test-unit test-e2e lint lint-chart build bench crds images
+.PHONY: critest test-matrix help up down deps test test-unit test-e2e lint lint-chart build bench crds images
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench: ## measurements against baselines on the local cluster (starts/updates it
 crds: ## regenerate crds/ from the Rust API types
 	cargo run -q --locked -p agentsandbox-operator --bin crdgen > crds/agentsandbox.io_agentsandboxes.yaml
 	cp crds/agentsandbox.io_agentsandboxes.yaml charts/agentsandbox/files/crds/
+
+test-matrix: ## the shim under every containerd of CONTAINERD_MATRIX (e2e/versions.env), each built from the Go module proxy
+	bash e2e/runtime-matrix.sh
 
 critest: ## CRI conformance (cri-tools' critest) of the agentsandbox runtime vs runc, on its own containerd (needs `make up`)
 	bash e2e/critest.sh

@@ -22,7 +22,7 @@ const BLOCK_END: &str = "# END agentsandbox runtime";
 pub enum InstallError {
     #[error(
         "containerd configuration version {0} is not supported: agentsandbox needs version 2 \
-         (containerd 1.x) or 3 (containerd 2.x); run `containerd config migrate`"
+         (containerd 1.x), 3 or 4 (containerd 2.x); run `containerd config migrate`"
     )]
     UnsupportedConfigVersion(i64),
     #[error(
@@ -76,7 +76,8 @@ pub fn config_version(config: &str) -> i64 {
 pub fn runtime_block(version: i64, handler: &str) -> Result<String, InstallError> {
     let plugin = match version {
         2 => "io.containerd.grpc.v1.cri",
-        3 => "io.containerd.cri.v1.runtime",
+        // containerd 2.0-2.3 write version 3, 2.4 writes 4: the CRI runtime plugin is the same.
+        3 | 4 => "io.containerd.cri.v1.runtime",
         other => return Err(InstallError::UnsupportedConfigVersion(other)),
     };
     Ok(format!(
@@ -88,6 +89,45 @@ pub fn runtime_block(version: i64, handler: &str) -> Result<String, InstallError
          runtime_type = \"io.containerd.agentsandbox.v1\"\n  \
          pod_annotations = [\"agentsandbox.io/*\"]\n\
          {BLOCK_END}\n"
+    ))
+}
+
+/// The first `imports` entry of a configuration that names `*.toml` files in a directory
+/// (containerd 2.x's default `imports = ['/etc/containerd/conf.d/*.toml']`).
+pub fn import_dir(config: &str) -> Option<PathBuf> {
+    let line = config
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with('['))
+        .find(|l| l.starts_with("imports") && l.contains('='))?;
+    let list = line.split_once('=')?.1;
+    list.split(',')
+        .map(|entry| {
+            entry
+                .trim()
+                .trim_matches(|c| matches!(c, '[' | ']' | '"' | '\'' | ' '))
+        })
+        .find_map(|entry| entry.strip_suffix("/*.toml").map(PathBuf::from))
+}
+
+/// Where the runtime stanza goes: a drop-in file when the configuration imports a directory
+/// below its own (`host_dir`, the configuration's directory on the node, is what is mounted
+/// here as `mounted_dir`), so the node's own file is never edited; else the file itself.
+pub fn stanza_target(config: &str, host_dir: &Path, mounted_dir: &Path) -> Option<PathBuf> {
+    let dir = import_dir(config)?;
+    let relative = dir.strip_prefix(host_dir).ok()?;
+    Some(mounted_dir.join(relative).join(DROP_IN_NAME))
+}
+
+/// The drop-in file's name in containerd's imports directory.
+pub const DROP_IN_NAME: &str = "agentsandbox.toml";
+
+/// The drop-in file with the runtime stanza for `handler`, for a main configuration of
+/// `version`.
+pub fn drop_in(version: i64, handler: &str) -> Result<String, InstallError> {
+    Ok(format!(
+        "version = {version}\n\n{}",
+        runtime_block(version, handler)?
     ))
 }
 
@@ -170,15 +210,33 @@ pub fn install_shim(source: &Path, bin_dir: &Path) -> Result<bool, InstallError>
     Ok(true)
 }
 
-/// Adds the runtime stanza to the containerd configuration at `path` (keeping the first
-/// version it changed as `<path>.agentsandbox.bak`). Returns whether it changed.
-pub fn install_config(path: &Path, handler: &str) -> Result<bool, InstallError> {
+fn read_optional(path: &Path) -> Result<String, InstallError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(io("reading", path)(e)),
+    }
+}
+
+/// Adds the runtime stanza to the containerd configuration at `path`: as a drop-in file in
+/// its imports directory when it has one below `host_dir` (the configuration's directory on
+/// the node), else in the file itself (keeping the first version it changed as
+/// `<path>.agentsandbox.bak`). Returns whether anything changed.
+pub fn install_config(path: &Path, host_dir: &Path, handler: &str) -> Result<bool, InstallError> {
     use std::os::unix::fs::PermissionsExt;
-    let existing = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io("reading", path)(e)),
-    };
+    let existing = read_optional(path)?;
+    let mounted_dir = path.parent().unwrap_or(Path::new("/"));
+    if let Some(target) = stanza_target(&existing, host_dir, mounted_dir) {
+        check_no_foreign_stanza(&existing, handler)?;
+        let wanted = drop_in(config_version(&existing), handler)?;
+        if read_optional(&target)? == wanted {
+            return Ok(false);
+        }
+        let dir = target.parent().unwrap_or(mounted_dir);
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        write_atomically(&target, wanted.as_bytes(), 0o644)?;
+        return Ok(true);
+    }
     let Some(planned) = plan_config(&existing, handler)? else {
         return Ok(false);
     };

@@ -74,6 +74,10 @@ struct InstallArgs {
     /// The node's containerd configuration, as mounted here.
     #[arg(long)]
     containerd_config: PathBuf,
+    /// The directory of the containerd configuration on the node (to place a drop-in file
+    /// when the configuration imports a directory below it).
+    #[arg(long, default_value = "/etc/containerd")]
+    containerd_config_host_dir: PathBuf,
     /// The runtime handler name (the RuntimeClass's handler).
     #[arg(long, default_value = "agentsandbox")]
     handler: String,
@@ -94,9 +98,13 @@ struct InstallArgs {
 async fn install(node_name: &str, args: InstallArgs) -> Result<()> {
     let shim = installer::install_shim(&args.shim_source, &args.bin_dir)?;
     info!(changed = shim, dir = %args.bin_dir.display(), "shim {}", if shim { "installed" } else { "unchanged" });
-    let config = installer::install_config(&args.containerd_config, &args.handler)?;
+    let config = installer::install_config(
+        &args.containerd_config,
+        &args.containerd_config_host_dir,
+        &args.handler,
+    )?;
     info!(changed = config, path = %args.containerd_config.display(), handler = %args.handler,
-        "containerd runtime stanza {}", if config { "written (original kept as *.agentsandbox.bak)" } else { "unchanged" });
+        "containerd runtime stanza {}", if config { "written (a drop-in in the imports directory, or in the file with the original kept as *.agentsandbox.bak)" } else { "unchanged" });
     if config {
         let restart = match (&args.restart_request_file, args.restart_command.is_empty()) {
             (Some(file), _) => Restart::RequestFile(file.clone()),

@@ -1,9 +1,14 @@
 //! The node installer's containerd configuration plan and its file edges.
 
+use std::path::Path;
+
 use agentsandbox_node::installer::{
-    config_version, install_config, install_shim, plan_config, InstallError, BACKUP_SUFFIX,
-    SHIM_NAME,
+    config_version, import_dir, install_config, install_shim, plan_config, InstallError,
+    BACKUP_SUFFIX, DROP_IN_NAME, SHIM_NAME,
 };
+
+/// containerd 2.4's own default configuration (version 4, imports conf.d/*.toml).
+const CONTAINERD_2_4_DEFAULT: &str = include_str!("fixtures/containerd-2.4.2-default.toml");
 
 const V2: &str = "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n";
 
@@ -72,9 +77,9 @@ fn the_original_configuration_is_backed_up_once() {
     let dir = scratch("config");
     let config = dir.join("config.toml");
     std::fs::write(&config, V2).unwrap();
-    assert!(install_config(&config, "agentsandbox").unwrap());
+    assert!(install_config(&config, &dir, "agentsandbox").unwrap());
     assert!(
-        !install_config(&config, "agentsandbox").unwrap(),
+        !install_config(&config, &dir, "agentsandbox").unwrap(),
         "idempotent"
     );
     let backup = dir.join(format!("config.toml{BACKUP_SUFFIX}"));
@@ -102,5 +107,47 @@ fn the_shim_is_copied_only_when_it_differs() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o755);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn containerd_2_4s_default_configuration_gets_a_drop_in_and_stays_untouched() {
+    assert_eq!(config_version(CONTAINERD_2_4_DEFAULT), 4);
+    assert_eq!(
+        import_dir(CONTAINERD_2_4_DEFAULT).as_deref(),
+        Some(Path::new("/etc/containerd/conf.d"))
+    );
+    // The node's /etc/containerd as the node agent mounts it.
+    let mounted = scratch("dropin");
+    let config = mounted.join("config.toml");
+    std::fs::write(&config, CONTAINERD_2_4_DEFAULT).unwrap();
+    assert!(install_config(&config, Path::new("/etc/containerd"), "agentsandbox").unwrap());
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        CONTAINERD_2_4_DEFAULT,
+        "the node's own file is never edited"
+    );
+    assert!(!mounted.join(format!("config.toml{BACKUP_SUFFIX}")).exists());
+    let drop_in = std::fs::read_to_string(mounted.join("conf.d").join(DROP_IN_NAME)).unwrap();
+    assert!(drop_in.starts_with("version = 4\n"), "{drop_in}");
+    assert!(drop_in.contains(
+        "[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.agentsandbox]\n  runtime_type = \"io.containerd.agentsandbox.v1\""
+    ));
+    assert!(
+        !install_config(&config, Path::new("/etc/containerd"), "agentsandbox").unwrap(),
+        "a rerun changes nothing"
+    );
+    std::fs::remove_dir_all(&mounted).unwrap();
+}
+
+#[test]
+fn imports_outside_the_mounted_directory_fall_back_to_the_file_itself() {
+    let dir = scratch("imports-elsewhere");
+    let config = dir.join("config.toml");
+    std::fs::write(&config, "version = 3\nimports = [\"/opt/other/*.toml\"]\n").unwrap();
+    assert!(install_config(&config, Path::new("/etc/containerd"), "agentsandbox").unwrap());
+    assert!(std::fs::read_to_string(&config)
+        .unwrap()
+        .contains("io.containerd.cri.v1.runtime\".containerd.runtimes.agentsandbox]"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,5 +1,5 @@
 //! The agentsandbox runtime shim (`containerd-shim-agentsandbox-v1`): the shim process
-//! (`service`), containerd's task API as a thin adapter (`task_api`) over the task service
+//! (`service`, started through either of containerd's start protocols: `bootstrap`), containerd's task API as a thin adapter (`task_api`) over the task service
 //! (`task`), the per-container state machine (`container`), the pod's resources (`pod`), the
 //! escape response (`response`), all cgroup work (`cgroups`), the single-threaded launcher
 //! that creates and enters containers with libcontainer (`launcher`), the hardening policy
@@ -7,6 +7,7 @@
 //! (`egress`), the seccomp notification listener (`notify`) and the escape-attempt telemetry
 //! it feeds (`telemetry`). OS specifics beyond those live in `sys`.
 
+pub mod bootstrap;
 pub mod cgroups;
 pub mod console;
 pub mod container;

@@ -1,8 +1,13 @@
 //! containerd-shim-agentsandbox-v1: the containerd runtime shim (task API v2) that runs
 //! agentsandbox pods with youki's libcontainer and enforced hardening.
 
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::AsRawFd;
+
+use agentsandbox_shim::bootstrap::{self, StartProtocol};
 use agentsandbox_shim::launcher::{run_launcher, LAUNCH_ARG};
-use agentsandbox_shim::service::Service;
+use agentsandbox_shim::service::{start_shim_server, Service};
+use containerd_shim::StartOpts;
 
 /// containerd's runtime type for this shim.
 const RUNTIME_ID: &str = "io.containerd.agentsandbox.v1";
@@ -26,7 +31,91 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if let Ok(flags) = containerd_shim::parse(&args[1..]) {
+        if flags.action == "start" {
+            if let Some(code) = start_by_protocol(&runtime, flags) {
+                std::process::exit(code);
+            }
+        }
+    }
     runtime.block_on(containerd_shim::asynchronous::run::<Service>(
         RUNTIME_ID, None,
     ));
+}
+
+/// Answers containerd 2.3's bootstrap `start` here (Some: the exit code); for the older
+/// protocol, puts the runtime options back on stdin for containerd-shim and returns None.
+fn start_by_protocol(
+    runtime: &tokio::runtime::Runtime,
+    flags: containerd_shim::Flags,
+) -> Option<i32> {
+    let mut input = Vec::new();
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        if let Err(err) = stdin.lock().read_to_end(&mut input) {
+            eprintln!("{RUNTIME_ID}: reading start parameters: {err}");
+            return Some(1);
+        }
+    }
+    let params = match bootstrap::classify(&input, &flags.id, &flags.namespace) {
+        Ok(StartProtocol::Legacy(options)) => {
+            if let Err(err) = replace_stdin(&options) {
+                eprintln!("{RUNTIME_ID}: {err}");
+                return Some(1);
+            }
+            return None;
+        }
+        Ok(StartProtocol::Bootstrap(params)) => params,
+        Err(err) => {
+            eprintln!("{RUNTIME_ID}: {err}");
+            return Some(1);
+        }
+    };
+    // The shim server reads containerd's addresses from its environment (it is spawned with
+    // this process's), and nothing of the parameters is runtime options.
+    std::env::set_var("TTRPC_ADDRESS", &params.containerd_ttrpc_address);
+    if let Err(err) = replace_stdin(&[]) {
+        eprintln!("{RUNTIME_ID}: {err}");
+        return Some(1);
+    }
+    let opts = StartOpts {
+        id: flags.id,
+        publish_binary: if params.containerd_binary.is_empty() {
+            flags.publish_binary
+        } else {
+            params.containerd_binary
+        },
+        address: if params.containerd_grpc_address.is_empty() {
+            flags.address
+        } else {
+            params.containerd_grpc_address
+        },
+        ttrpc_address: params.containerd_ttrpc_address,
+        namespace: flags.namespace,
+        debug: flags.debug,
+    };
+    match runtime.block_on(start_shim_server(opts)) {
+        Ok(address) => {
+            let mut stdout = std::io::stdout();
+            let written = stdout
+                .write_all(&bootstrap::encode_result(&address))
+                .and_then(|_| stdout.flush());
+            Some(if written.is_ok() { 0 } else { 1 })
+        }
+        Err(err) => {
+            eprintln!("{RUNTIME_ID}: {err}");
+            Some(1)
+        }
+    }
+}
+
+/// Makes `bytes` this process's stdin (what containerd-shim reads the runtime options from).
+fn replace_stdin(bytes: &[u8]) -> std::io::Result<()> {
+    let (read, write) = nix::unistd::pipe()?;
+    let mut write = std::fs::File::from(write);
+    // Runtime options are a few hundred bytes: far below a pipe's buffer.
+    write.write_all(bytes)?;
+    drop(write);
+    nix::unistd::dup2(read.as_raw_fd(), 0)?;
+    Ok(())
 }

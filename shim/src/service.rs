@@ -54,6 +54,24 @@ fn read_bundle_spec(bundle: &Path) -> std::io::Result<serde_json::Value> {
     crate::task::read_bundle_spec(bundle)
 }
 
+/// The `start` action, whichever protocol containerd used: starts (or finds) the pod's shim
+/// server and returns its address. The cwd is the container's bundle.
+pub async fn start_shim_server(opts: StartOpts) -> Result<String, ShimError> {
+    // One shim per pod: CRI marks every container with its pod's sandbox id.
+    let grouping = read_bundle_spec(Path::new("."))
+        .ok()
+        .and_then(|spec| {
+            spec["annotations"][cri::SANDBOX_ID]
+                .as_str()
+                .map(String::from)
+        })
+        .unwrap_or_else(|| opts.id.clone());
+    let address = spawn(opts, &grouping, Vec::new()).await?;
+    std::fs::write("address", &address)
+        .map_err(|e| ShimError::Other(format!("writing address: {e}")))?;
+    Ok(address)
+}
+
 #[async_trait]
 impl Shim for Service {
     type T = TaskService;
@@ -66,19 +84,7 @@ impl Shim for Service {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, ShimError> {
-        // One shim per pod: CRI marks every container with its pod's sandbox id.
-        let grouping = read_bundle_spec(Path::new("."))
-            .ok()
-            .and_then(|spec| {
-                spec["annotations"][cri::SANDBOX_ID]
-                    .as_str()
-                    .map(String::from)
-            })
-            .unwrap_or_else(|| opts.id.clone());
-        let address = spawn(opts, &grouping, Vec::new()).await?;
-        std::fs::write("address", &address)
-            .map_err(|e| ShimError::Other(format!("writing address: {e}")))?;
-        Ok(address)
+        start_shim_server(opts).await
     }
 
     async fn delete_shim(&mut self) -> Result<api::DeleteResponse, ShimError> {

@@ -392,25 +392,30 @@ impl TaskService {
         Ok((container.init, true))
     }
 
-    /// Shuts the shim down once the pod has no container left, after the node agent has the
-    /// pod's last escape counts (bounded wait: it may be away).
+    /// Shuts the shim down once the pod has no container left. The answer comes at once
+    /// (containerd 2.4 gives Shutdown well under a second); the process then stays until the
+    /// node agent has the pod's last escape counts, a bounded wait since it may be away.
     pub async fn shutdown_when_empty(&self) {
         const TELEMETRY_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
         if !self.state.lock().await.containers.is_empty() {
             return;
         }
-        if let Some(telemetry) = self.telemetry.as_ref().filter(|t| t.total() > 0) {
-            if !telemetry.flush(TELEMETRY_FLUSH).await {
-                tracing::warn!(
-                    attempts = telemetry.total(),
-                    "exiting before the node agent acknowledged every escape attempt"
-                );
-            }
-        }
         if let Some(notify) = &self.notify {
             let _ = std::fs::remove_file(&notify.path);
         }
-        self.exit.signal();
+        let telemetry = self.telemetry.clone().filter(|t| t.total() > 0);
+        let exit = self.exit.clone();
+        tokio::spawn(async move {
+            if let Some(telemetry) = telemetry {
+                if !telemetry.flush(TELEMETRY_FLUSH).await {
+                    tracing::warn!(
+                        attempts = telemetry.total(),
+                        "exiting before the node agent acknowledged every escape attempt"
+                    );
+                }
+            }
+            exit.signal();
+        });
     }
 }
 

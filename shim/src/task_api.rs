@@ -9,7 +9,6 @@ use containerd_shim_protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
@@ -236,10 +235,11 @@ impl Task for TaskService {
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
         let metrics = self.cgroup_of(&req.id).await?.metrics();
+        let (type_url, value) = metrics.encode().map_err(internal)?;
         Ok(api::StatsResponse {
             stats: Some(Any {
-                type_url: crate::cgroups::stats::METRICS_TYPE_URL.to_string(),
-                value: metrics.write_to_bytes().map_err(internal)?,
+                type_url: type_url.to_string(),
+                value,
                 ..Default::default()
             })
             .into(),

@@ -1,13 +1,17 @@
 //! All of the shim's cgroup work for one container, in one place: statistics, OOM events,
 //! freezing (Quarantine), the pid list, resource updates, signalling every process (Kill) and
-//! removal. Freeze, pids, update and removal go through libcgroups' managers, which pick the
-//! node's cgroup version; statistics and OOM events read cgroup v1 files (this project's
-//! nodes are hybrid: v1 controllers).
+//! removal, on cgroup v1 and v2 and under either cgroup driver (`layout`). Freeze, pids,
+//! update and removal go through libcgroups' managers on the container's filesystem path;
+//! statistics and OOM events read the version's own files (`stats`/`oom` for v1, `v2`).
 
+pub mod layout;
 pub mod oom;
 pub mod stats;
+pub mod v2;
 
-use std::path::PathBuf;
+use std::path::Path;
+
+use layout::Hierarchy;
 
 use anyhow::{Context, Result};
 use libcgroups::common::{
@@ -17,15 +21,45 @@ use libcgroups::common::{
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-/// One container's cgroup: the OCI spec's absolute `linux.cgroupsPath`.
+/// Where the node mounts its cgroup hierarchy.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// One container's cgroup: the OCI spec's `linux.cgroupsPath` on the node's hierarchy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerCgroup {
     path: String,
+    hierarchy: Hierarchy,
+}
+
+/// Statistics in the shape containerd decodes for the node's cgroup version.
+pub enum ContainerMetrics {
+    V1(containerd_shim_protos::cgroups::metrics::Metrics),
+    V2(containerd_shim_protos::cgroups_v2::metrics::Metrics),
+}
+
+impl ContainerMetrics {
+    /// The type URL and the encoded message, for the task API's Stats.
+    pub fn encode(&self) -> Result<(&'static str, Vec<u8>)> {
+        use containerd_shim_protos::protobuf::Message;
+        Ok(match self {
+            ContainerMetrics::V1(m) => (stats::METRICS_TYPE_URL, m.write_to_bytes()?),
+            ContainerMetrics::V2(m) => (v2::METRICS_TYPE_URL, m.write_to_bytes()?),
+        })
+    }
 }
 
 impl ContainerCgroup {
+    /// The cgroup `path` on this node's hierarchy.
     pub fn new(path: impl Into<String>) -> ContainerCgroup {
-        ContainerCgroup { path: path.into() }
+        ContainerCgroup::on(path, Hierarchy::detect(Path::new(CGROUP_ROOT)))
+    }
+
+    /// The cgroup `path` on `hierarchy` (tests use fixture trees).
+    pub fn on(path: impl Into<String>, hierarchy: Hierarchy) -> ContainerCgroup {
+        ContainerCgroup {
+            path: path.into(),
+            hierarchy,
+        }
     }
 
     pub fn path(&self) -> &str {
@@ -33,22 +67,35 @@ impl ContainerCgroup {
     }
 
     fn manager(&self) -> Result<AnyCgroupManager> {
+        // Always the filesystem manager, on the path the driver's form resolves to: the
+        // shim only freezes, lists, updates and removes, all plain cgroupfs operations.
+        let relative = layout::relative_path(&self.path);
         create_cgroup_manager(CgroupConfig {
-            cgroup_path: PathBuf::from(&self.path),
+            cgroup_path: Path::new("/").join(relative),
             systemd_cgroup: false,
             container_name: String::new(),
         })
         .with_context(|| format!("cgroup {}", self.path))
     }
 
-    /// containerd's `io.containerd.cgroups.v1.Metrics` for the container.
-    pub fn metrics(&self) -> containerd_shim_protos::cgroups::metrics::Metrics {
-        stats::cgroup_v1_metrics(&self.path)
+    /// The container's statistics.
+    pub fn metrics(&self) -> ContainerMetrics {
+        match &self.hierarchy {
+            Hierarchy::V1 { .. } => {
+                ContainerMetrics::V1(stats::cgroup_v1_metrics(&self.hierarchy, &self.path))
+            }
+            Hierarchy::V2 { .. } => {
+                ContainerMetrics::V2(v2::metrics(&self.hierarchy.dir(&self.path, "")))
+            }
+        }
     }
 
     /// Calls `on_oom` every time the kernel OOM-kills a process of the container.
     pub fn watch_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<()> {
-        oom::watch(&self.path, on_oom)
+        match &self.hierarchy {
+            Hierarchy::V1 { .. } => oom::watch(&self.hierarchy.dir(&self.path, "memory"), on_oom),
+            Hierarchy::V2 { .. } => v2::watch_oom(&self.hierarchy.dir(&self.path, ""), on_oom),
+        }
     }
 
     /// Freezes (Quarantine) or thaws every process of the container.
@@ -77,9 +124,16 @@ impl ContainerCgroup {
         Ok(())
     }
 
-    /// Sends `signal` to every process of the container. SIGKILL is sent with the cgroup
-    /// frozen, so that no process can fork a child that outlives the kill.
+    /// Sends `signal` to every process of the container. SIGKILL goes through `cgroup.kill`
+    /// on v2, else is sent with the cgroup frozen, so that no process can fork a child that
+    /// outlives the kill.
     pub fn signal_all(&self, signal: Signal) -> Result<()> {
+        if signal == Signal::SIGKILL
+            && matches!(self.hierarchy, Hierarchy::V2 { .. })
+            && v2::kill_all(&self.hierarchy.dir(&self.path, ""))?
+        {
+            return Ok(());
+        }
         let manager = self.manager()?;
         let freeze = signal == Signal::SIGKILL;
         if freeze {

@@ -15,10 +15,9 @@ fn oom_kill_enabled(dir: &Path) -> Option<bool> {
 }
 
 /// Calls `on_oom` (from a thread of its own) every time the kernel OOM-kills a process of the
-/// cgroup at `cgroups_path`; the thread ends when the cgroup is removed.
-pub fn watch(cgroups_path: &str, on_oom: impl Fn() + Send + 'static) -> Result<()> {
-    let dir: PathBuf =
-        Path::new("/sys/fs/cgroup/memory").join(cgroups_path.trim_start_matches('/'));
+/// v1 memory cgroup `dir`; the thread ends when the cgroup is removed.
+pub fn watch(dir: &Path, on_oom: impl Fn() + Send + 'static) -> Result<()> {
+    let dir: PathBuf = dir.to_path_buf();
     let control = File::open(dir.join("memory.oom_control")).context("memory.oom_control")?;
     // SAFETY: eventfd with valid flags; the descriptor is owned by `events` right away.
     let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };

@@ -1,16 +1,17 @@
-//! Container statistics from cgroup v1 (this project's nodes are hybrid: v1 controllers),
+//! Container statistics from cgroup v1 controllers,
 //! in containerd's `io.containerd.cgroups.v1.Metrics` shape that CRI and `ctr task metrics`
 //! decode.
 
 use std::fs;
 use std::path::Path;
 
+use super::layout::Hierarchy;
+
 use containerd_shim_protos::cgroups::metrics::{
     CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
 };
 
 pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 fn read_u64(path: &Path) -> u64 {
     fs::read_to_string(path)
@@ -31,9 +32,8 @@ fn key_values(path: &Path) -> Vec<(String, u64)> {
 }
 
 /// Metrics of the cgroup at `cgroups_path` (the spec's absolute `linux.cgroupsPath`).
-pub fn cgroup_v1_metrics(cgroups_path: &str) -> Metrics {
-    let relative = cgroups_path.trim_start_matches('/');
-    let dir = |controller: &str| Path::new(CGROUP_ROOT).join(controller).join(relative);
+pub fn cgroup_v1_metrics(hierarchy: &Hierarchy, cgroups_path: &str) -> Metrics {
+    let dir = |controller: &str| hierarchy.dir(cgroups_path, controller);
 
     let memory_dir = dir("memory");
     let mut memory = MemoryStat::new();
