@@ -71,7 +71,7 @@ look_alike() {
   ctr_ct images push --plain-http "$local_name" >/dev/null
 }
 
-ctr_ct() { /usr/bin/ctr -a "$CT_SOCK" -n k8s.io "$@"; }
+ctr_ct() { "$BIN/ctr" -a "$CT_SOCK" -n k8s.io "$@"; }
 
 start_registry() {
   mkdir -p "$CT_STATE/registry"
@@ -104,11 +104,11 @@ TOML
     "$STATE/containerd/config.toml" >"$CT_STATE/config.toml"
   cat >>"$CT_STATE/config.toml" <<TOML
 
-[plugins."io.containerd.grpc.v1.cri".registry]
+[plugins."io.containerd.cri.v1.images".registry]
   config_path = "$CT_STATE/certs.d"
 TOML
-  start_daemon critest-containerd /usr/bin/containerd --config "$CT_STATE/config.toml"
-  wait_for "the critest containerd" 60 /usr/bin/ctr -a "$CT_SOCK" version
+  start_daemon critest-containerd "$BIN/containerd" --config "$CT_STATE/config.toml"
+  wait_for "the critest containerd" 60 "$BIN/ctr" -a "$CT_SOCK" version
   ctr_ct images import "$(grep /pause- "$STATE/image-archives")" >/dev/null
 }
 

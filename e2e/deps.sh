@@ -7,7 +7,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 APT_PACKAGES=(
-  containerd runc containernetworking-plugins # runtime, baseline OCI runtime, CNI plugins
+  containernetworking-plugins                 # CNI plugins (containerd and runc are built)
   iptables conntrack ethtool socat iproute2   # kubelet / kube-proxy node requirements
   busybox-static                              # the test image's userland
   openssl curl                                # cluster certificates, health checks
@@ -56,6 +56,23 @@ build_kubernetes() {
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
     k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl)
+  publish "$out.tmp" "$out"
+}
+
+# runc at RUNC_VERSION (cgo, with seccomp): the baseline OCI runtime under containerd's runc
+# shim; Debian 12's 1.1 predates what containerd 2.x and user namespaces expect.
+build_runc() {
+  local out=$CACHE/runc-$RUNC_VERSION
+  RUNC_BIN=$out
+  if [[ -x $out/runc ]]; then
+    step "runc $RUNC_VERSION cached"
+    return
+  fi
+  step "building runc $RUNC_VERSION from the Go module proxy"
+  rm -rf "$out.tmp"
+  mkdir -p "$out.tmp"
+  GOBIN=$out.tmp CGO_ENABLED=1 go install -trimpath -tags seccomp -ldflags "-s -w" \
+    "github.com/opencontainers/runc@$RUNC_VERSION"
   publish "$out.tmp" "$out"
 }
 
@@ -171,6 +188,13 @@ main() {
     ln -sfn "$KUBERNETES_BIN/$b" "$BIN/$b"
   done
   ln -sfn "$ETCD_BIN/etcd" "$BIN/etcd"
+  # The node's runtime: containerd finds its runc shim and runc on the harness's PATH ($BIN).
+  build_containerd "$CONTAINERD_VERSION"
+  build_runc
+  for b in containerd ctr containerd-shim-runc-v2; do
+    ln -sfn "$(containerd_dir "$CONTAINERD_VERSION")/$b" "$BIN/$b"
+  done
+  ln -sfn "$RUNC_BIN/runc" "$BIN/runc"
   go_install crictl "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
   go_install kubeconform "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
   go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"

@@ -27,7 +27,7 @@ build_binary_image() {
     mv "$archive.tmp" "$archive"
   fi
   if [[ -S $CONTAINERD_SOCK ]]; then
-    /usr/bin/ctr -a "$CONTAINERD_SOCK" -n k8s.io images import "$archive" >/dev/null
+    "$BIN/ctr" -a "$CONTAINERD_SOCK" -n k8s.io images import "$archive" >/dev/null
     step "imported agentsandbox.local/$name:$tag" >&2
   fi
   echo "$tag"

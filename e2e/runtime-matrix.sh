@@ -13,44 +13,6 @@ MATRIX_STATE=$STATE/matrix
 MATRIX_RUN=$RUN-matrix
 NAMESPACE=agentsandbox-matrix
 
-# containerd_dir VERSION: where VERSION's containerd and ctr are cached.
-containerd_dir() {
-  local version=$1
-  case $version in
-  v1.*) echo "$CACHE/containerd-$version-$(content_key "$E2E_DIR/gomod/containerd-v1.7")" ;;
-  *) echo "$CACHE/containerd-$version" ;;
-  esac
-}
-
-build_containerd() {
-  local version=$1 out
-  out=$(containerd_dir "$version")
-  if [[ -x $out/containerd && -x $out/ctr ]]; then
-    step "containerd $version cached"
-    return
-  fi
-  step "building containerd $version from the Go module proxy"
-  rm -rf "$out.tmp"
-  mkdir -p "$out.tmp"
-  case $version in
-  v1.*)
-    # containerd 1.x's go.mod has exclude directives: built through a wrapper module.
-    grep -q "github.com/containerd/containerd $version\$" "$E2E_DIR/gomod/containerd-v1.7/go.mod" ||
-      die "e2e/gomod/containerd-v1.7 pins another 1.x than $version"
-    (cd "$E2E_DIR/gomod/containerd-v1.7" && go build -trimpath -ldflags "-s -w" -o "$out.tmp/" \
-      github.com/containerd/containerd/cmd/containerd github.com/containerd/containerd/cmd/ctr)
-    ;;
-  *)
-    local cmd
-    for cmd in containerd ctr; do
-      GOBIN=$out.tmp go install -trimpath -ldflags "-s -w" \
-        "github.com/containerd/containerd/v2/cmd/$cmd@$version"
-    done
-    ;;
-  esac
-  publish "$out.tmp" "$out"
-}
-
 # config VERSION DIR: a containerd configuration with nothing but what `ctr run` needs.
 config() {
   local version=$1 dir=$2 schema=3

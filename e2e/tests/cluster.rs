@@ -38,7 +38,7 @@ fn wait_succeeded(cluster: &Cluster, namespace: &str, pod: &str) {
 }
 
 #[tokio::test]
-async fn node_is_ready_and_runs_the_kubernetes_version_the_harness_built() {
+async fn node_is_ready_and_runs_the_kubernetes_and_containerd_versions_the_harness_built() {
     let cluster = Cluster::connect().await;
     let expected = version("KUBE_VERSION");
 
@@ -49,7 +49,14 @@ async fn node_is_ready_and_runs_the_kubernetes_version_the_harness_built() {
     let nodes = nodes.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(nodes.len(), 1, "a single-node cluster");
     let status = nodes[0].status.as_ref().unwrap();
-    assert_eq!(status.node_info.as_ref().unwrap().kubelet_version, expected);
+    let info = status.node_info.as_ref().unwrap();
+    assert_eq!(info.kubelet_version, expected);
+    // The runtime the harness built, not whatever containerd the machine has.
+    let containerd = version("CONTAINERD_VERSION");
+    assert_eq!(
+        info.container_runtime_version,
+        format!("containerd://{}", containerd.trim_start_matches('v'))
+    );
     let ready = status
         .conditions
         .as_ref()

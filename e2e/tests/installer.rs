@@ -1,7 +1,8 @@
 //! The chart's node agent installs the runtime on the node (`make up` relies on it: the
 //! harness no longer copies the shim or writes the stanza): the shim on containerd's PATH, the
-//! managed stanza in containerd's configuration with a backup, the node label; and a second
-//! run touches nothing. Its own test binary: it restarts the node agent.
+//! managed stanza as a drop-in in the imports directory of containerd 2.x's configuration
+//! (the node's own file untouched), the node label; and a second run touches nothing. Its own
+//! test binary: it restarts the node agent.
 
 use std::time::Duration;
 
@@ -29,24 +30,30 @@ async fn the_node_agent_installs_the_runtime_once_and_a_rerun_changes_nothing() 
         std::fs::read(repo_root().join("target/release/containerd-shim-agentsandbox-v1")).unwrap();
     assert!(installed == built, "the installed shim is this build's");
 
-    let config_path = state_dir().join("containerd/config.toml");
-    let config = std::fs::read_to_string(&config_path).unwrap();
+    let config_path = state_dir().join("containerd/conf.d/agentsandbox.toml");
+    let config = std::fs::read_to_string(&config_path).expect("the drop-in in conf.d");
     assert_eq!(
         config.matches("# BEGIN agentsandbox runtime").count(),
         1,
         "{config}"
     );
+    assert!(config.starts_with("version = 3\n"), "{config}");
     assert_eq!(
         config
-            .matches("containerd.runtimes.agentsandbox]\n  runtime_type = \"io.containerd.agentsandbox.v1\"")
+            .matches("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.agentsandbox]\n  runtime_type = \"io.containerd.agentsandbox.v1\"")
             .count(),
         1,
         "{config}"
     );
-    let backup =
-        std::fs::read_to_string(state_dir().join("containerd/config.toml.agentsandbox.bak"))
-            .expect("the original configuration is kept");
-    assert!(!backup.contains("agentsandbox runtime"));
+    // The node's own configuration is never edited (so there is nothing to back up).
+    let main_config = std::fs::read_to_string(state_dir().join("containerd/config.toml")).unwrap();
+    assert!(
+        !main_config.contains("# BEGIN agentsandbox runtime"),
+        "{main_config}"
+    );
+    assert!(!state_dir()
+        .join("containerd/config.toml.agentsandbox.bak")
+        .exists());
     let modified = std::fs::metadata(&config_path).unwrap().modified().unwrap();
 
     // A new node agent pod runs the installer again: nothing changes, nothing restarts.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use agentsandbox_e2e::{
     attack_image, attack_outcomes, busybox_image, busybox_pod, container_host_pid, crictl,
-    main_container, runtime_pod, sandbox_yaml, wait_sandbox_ready, wait_until_sync, Cluster,
-    IDLE_LOOP, RUNTIME_CLASS,
+    main_container, runtime_pod, sandbox_yaml, version, wait_sandbox_ready, wait_until_sync,
+    Cluster, IDLE_LOOP, RUNTIME_CLASS,
 };
 use agentsandbox_operator::api::AgentSandbox;
 use k8s_openapi::api::core::v1::{Pod, ResourceRequirements, SecurityContext};
@@ -190,7 +190,18 @@ async fn escape_syscalls_fail_with_eperm_under_agentsandbox_and_partly_succeed_u
         "allowed under agentsandbox: {allowed:?}"
     );
     // What runc's default profile lets through and the agentsandbox runtime does not.
-    assert_eq!(runc["io-uring-setup"].1, "ALLOWED", "io_uring under runc");
+    // containerd 2.x took io_uring out of its RuntimeDefault profile; 1.x allows it.
+    let containerd_major = version("CONTAINERD_VERSION")
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .expect("CONTAINERD_VERSION in e2e/versions.env");
+    if containerd_major >= 2 {
+        assert_ne!(runc["io-uring-setup"].1, "ALLOWED", "io_uring under runc");
+    } else {
+        assert_eq!(runc["io-uring-setup"].1, "ALLOWED", "io_uring under runc");
+    }
     assert_eq!(runc["ptrace-attach"].1, "ALLOWED", "ptrace under runc");
 }
 
@@ -345,6 +356,40 @@ async fn privileged_pods_are_refused_with_a_message_kubectl_describe_shows() {
     );
     let phase = cluster
         .pod_field(&ns.name, "priv", "{.status.phase}")
+        .unwrap();
+    assert_ne!(phase, "Running");
+}
+
+#[tokio::test]
+async fn host_users_false_pods_are_refused_with_what_to_do() {
+    // Kubernetes >= 1.36 with containerd 2.x gives such a pod a user namespace from the
+    // kubelet's own ranges. containerd 2.4 reports that the agentsandbox handler does not
+    // support them, so the kubelet refuses the pod itself; where a runtime stack passes the
+    // pod on, the shim refuses it (shim/tests/policy.rs). Either way it never runs, and the
+    // message says hostUsers.
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-userns");
+    let mut pod = runtime_pod(
+        &ns.name,
+        "userns",
+        Some(RUNTIME_CLASS),
+        &busybox_image(),
+        IDLE_LOOP,
+    );
+    pod.spec.as_mut().unwrap().host_users = Some(false);
+    cluster.apply(&pod).unwrap();
+    let message = wait_until_sync("the refusal to show", Duration::from_secs(60), || {
+        let describe = cluster
+            .kubectl_ok(&["-n", &ns.name, "describe", "pod", "userns"])
+            .ok()?;
+        let kubelet = "can't set `spec.hostUsers: false`, RuntimeClass handler \"agentsandbox\" does not support user namespaces";
+        let shim = "agentsandbox refuses pods with hostUsers: false";
+        (describe.contains(kubelet) || describe.contains(shim)).then_some(describe)
+    })
+    .unwrap();
+    assert!(message.contains("hostUsers"), "{message}");
+    let phase = cluster
+        .pod_field(&ns.name, "userns", "{.status.phase}")
         .unwrap();
     assert_ne!(phase, "Running");
 }

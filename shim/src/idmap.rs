@@ -16,8 +16,11 @@ use std::path::{Path, PathBuf};
 pub const FIRST_HOST_ID: u32 = 100_000;
 /// Ids per pod: the full 16-bit range images expect (nobody = 65534).
 pub const RANGE_SIZE: u32 = 65_536;
-/// Slots that fit below u32::MAX.
-pub const SLOTS: u32 = (u32::MAX - FIRST_HOST_ID) / RANGE_SIZE;
+/// Ids from here up are left to the kubelet's own user namespaces (hostUsers: false pods of
+/// other runtimes), when the node gives the kubelet this half in /etc/subuid and /etc/subgid.
+pub const KUBELET_RANGE_START: u32 = 1 << 31;
+/// Slots that fit below [`KUBELET_RANGE_START`] (32,766 pods).
+pub const SLOTS: u32 = (KUBELET_RANGE_START - FIRST_HOST_ID) / RANGE_SIZE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdRange {

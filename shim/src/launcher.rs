@@ -249,6 +249,10 @@ fn create(request: &CreateRequest) -> Result<i32> {
         std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
             .context("opening low ports to the pod's own network namespace")?;
     }
+    for (key, value) in &request.joins.sysctls {
+        std::fs::write(crate::policy::sysctl_path(key), value)
+            .with_context(|| format!("setting sysctl {key} in the pod's namespaces"))?;
+    }
     if let Some(rules) = &request.egress {
         crate::egress::apply_rules(rules, None).context("installing the egress firewall")?;
     }

@@ -118,6 +118,7 @@ fn pids_are_limited_and_a_lower_pod_limit_is_kept() {
     spec["linux"]["resources"]["pids"]["limit"] = json!(64);
     apply_hardening(&mut spec, &settings()).unwrap();
     assert_eq!(spec["linux"]["resources"]["pids"]["limit"], json!(64));
+    let mut spec = cri_spec();
     spec["linux"]["resources"]["pids"]["limit"] = json!(1_000_000);
     apply_hardening(&mut spec, &settings()).unwrap();
     assert_eq!(
@@ -177,6 +178,7 @@ fn pod_namespaces_with_paths_are_joined_before_the_user_namespace() {
             network: Some("/var/run/netns/cni-1".into()),
             ipc: Some("/proc/42/ns/ipc".into()),
             uts: Some("/proc/42/ns/uts".into()),
+            sysctls: BTreeMap::new(),
         }
     );
     let left: Vec<&str> = spec["linux"]["namespaces"]
@@ -198,22 +200,73 @@ fn namespaces_without_paths_are_created_by_the_container_itself() {
 }
 
 #[test]
-fn kubernetes_own_user_namespace_is_kept() {
-    let mut spec = cri_spec();
-    spec["linux"]["namespaces"]
-        .as_array_mut()
+fn sysctls_of_joined_namespaces_move_to_the_launcher_and_others_stay() {
+    let mut spec = hardened();
+    spec["linux"]["sysctl"] = json!({
+        "net.ipv4.ip_unprivileged_port_start": "0",
+        "net.ipv4.ping_group_range": "0 2147483647",
+        "kernel.shmmax": "1000000",
+        "vm.overcommit_memory": "1",
+        "net.ipv4.conf.all..x": "1",
+        "net/ipv4/../../kernel/x": "1"
+    });
+    let joins = take_namespace_joins(&mut spec);
+    assert_eq!(
+        joins.sysctls,
+        BTreeMap::from([
+            ("kernel.shmmax".to_string(), "1000000".to_string()),
+            (
+                "net.ipv4.ip_unprivileged_port_start".to_string(),
+                "0".to_string()
+            ),
+            (
+                "net.ipv4.ping_group_range".to_string(),
+                "0 2147483647".to_string()
+            ),
+        ])
+    );
+    // Not a namespaced sysctl, or not a plain name: left for libcontainer, which refuses
+    // what it cannot apply inside the container.
+    let left: Vec<&String> = spec["linux"]["sysctl"]
+        .as_object()
         .unwrap()
-        .push(json!({"type": "user"}));
-    spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 1_000_000, "size": 65_536}]);
-    apply_hardening(&mut spec, &settings()).unwrap();
-    assert_eq!(spec["linux"]["uidMappings"][0]["hostID"], json!(1_000_000));
-    let users = spec["linux"]["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["type"] == "user")
-        .count();
-    assert_eq!(users, 1);
+        .keys()
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "net.ipv4.conf.all..x",
+            "net/ipv4/../../kernel/x",
+            "vm.overcommit_memory"
+        ]
+    );
+    assert_eq!(
+        sysctl_path("net.ipv4.ping_group_range"),
+        std::path::Path::new("/proc/sys/net/ipv4/ping_group_range")
+    );
+}
+
+#[test]
+fn a_kubernetes_user_namespace_is_refused_with_what_to_do() {
+    // hostUsers: false: the kubelet's mappings come from its own range (by default every id
+    // above 65535), which the runtime's per-pod ranges cannot be kept apart from.
+    for user_namespace in [
+        json!({"type": "user"}),
+        json!({"type": "user", "path": "/proc/7/ns/user"}),
+    ] {
+        let mut spec = cri_spec();
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(user_namespace);
+        spec["linux"]["uidMappings"] =
+            json!([{"containerID": 0, "hostID": 1_000_000, "size": 65_536}]);
+        let refused = apply_hardening(&mut spec, &settings());
+        assert_eq!(refused, Err(PolicyError::KubernetesUserNamespace));
+        assert!(PolicyError::KubernetesUserNamespace
+            .to_string()
+            .contains("remove hostUsers"));
+    }
 }
 
 #[test]

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use agentsandbox_contract::EgressPolicy;
 use agentsandbox_shim::egress::{nameservers, EgressError, EgressRules};
-use agentsandbox_shim::idmap::{lowest_free_slot, range_for_slot, SlotLease, FIRST_HOST_ID};
+use agentsandbox_shim::idmap::{
+    lowest_free_slot, range_for_slot, SlotLease, FIRST_HOST_ID, KUBELET_RANGE_START, SLOTS,
+};
 use agentsandbox_shim::sys::mounts::stage_binds;
 use serde_json::json;
 
@@ -24,6 +26,10 @@ fn id_ranges_never_overlap_and_start_above_the_nodes_own_users() {
     assert_eq!(first.host_start + first.size, second.host_start);
     assert_eq!(lowest_free_slot(&BTreeSet::from([0, 1, 3])), Some(2));
     assert_eq!(lowest_free_slot(&BTreeSet::new()), Some(0));
+    // The last range ends below the half left to the kubelet's own user namespaces.
+    let last = range_for_slot(SLOTS - 1);
+    assert!(u64::from(last.host_start) + u64::from(last.size) <= u64::from(KUBELET_RANGE_START));
+    assert_eq!(lowest_free_slot(&(0..SLOTS).collect()), None);
 }
 
 #[test]

@@ -259,7 +259,17 @@ async fn a_pod_runs_through_create_start_kill_exit_and_delete_with_events_in_ord
     h.service.start(&ctx(), start("agent")).await.unwrap();
     let again = h.service.start(&ctx(), start("agent")).await.unwrap_err();
     assert_eq!(code(again), Code::FAILED_PRECONDITION);
-    let started = h.launcher.started.lock().unwrap().clone();
+    // The fake's socket thread records the message it read: wait for it, with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let started = loop {
+        let started = h.launcher.started.lock().unwrap().clone();
+        if started.contains(&"agent: start container".to_string())
+            || std::time::Instant::now() > deadline
+        {
+            break started;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert!(
         started.contains(&"agent: start container".to_string()),
         "{started:?}"

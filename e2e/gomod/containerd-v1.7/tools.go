@@ -6,5 +6,6 @@ package tools
 
 import (
 	_ "github.com/containerd/containerd/cmd/containerd"
+	_ "github.com/containerd/containerd/cmd/containerd-shim-runc-v2"
 	_ "github.com/containerd/containerd/cmd/ctr"
 )

@@ -112,7 +112,7 @@ const RUNTIMES: [(&str, &str); 2] = [
 ];
 
 fn ctr(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("/usr/bin/ctr")
+    std::process::Command::new(agentsandbox_e2e::state_dir().join("bin/ctr"))
         .args(["-a", &containerd_socket(), "-n", "k8s.io"])
         .args(args)
         .output()

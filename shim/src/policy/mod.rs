@@ -119,6 +119,8 @@ pub enum PolicyError {
     },
     #[error("agentsandbox refuses host device {0}: sandboxes get no host devices")]
     HostDevice(String),
+    #[error("agentsandbox refuses pods with hostUsers: false: the runtime gives every pod a user namespace of its own (its root is already an unprivileged host uid, from a range that cannot collide with another pod's); remove hostUsers from the pod spec")]
+    KubernetesUserNamespace,
     #[error("agentsandbox refuses working directory {0}: a directory under /proc/self/fd can reach the host (CVE-2024-21626)")]
     WorkingDirectoryInProcFd(String),
     #[error("the OCI spec has no {0} section")]
@@ -236,6 +238,11 @@ pub fn check_refusals(spec: &Value) -> Result<(), PolicyError> {
             return Err(PolicyError::HostNamespace((*required).to_string()));
         }
     }
+    // The kubelet's user namespaces (hostUsers: false) take host ids from the kubelet's own
+    // range, which by default is every id above 65535: refused rather than half-honoured.
+    if present.iter().any(|p| p == "user") {
+        return Err(PolicyError::KubernetesUserNamespace);
+    }
 
     for mount in spec["mounts"].as_array().into_iter().flatten() {
         if !is_bind(mount) {
@@ -330,16 +337,14 @@ fn enforce(spec: &mut Value, settings: &SandboxSettings) {
         let namespaces = linux["namespaces"]
             .as_array_mut()
             .expect("checked in check_refusals");
-        // Kubernetes' own user namespaces (hostUsers: false) come with their mappings: keep.
-        if !namespaces.iter().any(|n| n["type"] == "user") {
-            namespaces.push(json!({"type": "user", "path": user_namespace}));
-            if let Some(obj) = linux.as_object_mut() {
-                obj.remove("uidMappings");
-                obj.remove("gidMappings");
-            }
-            linux["maskedPaths"] = union(&linux["maskedPaths"], &["/sys/fs/cgroup"]);
-            rewrite_mounts_for_user_namespace(spec);
+        // A spec's own user namespace was refused in check_refusals.
+        namespaces.push(json!({"type": "user", "path": user_namespace}));
+        if let Some(obj) = linux.as_object_mut() {
+            obj.remove("uidMappings");
+            obj.remove("gidMappings");
         }
+        linux["maskedPaths"] = union(&linux["maskedPaths"], &["/sys/fs/cgroup"]);
+        rewrite_mounts_for_user_namespace(spec);
     }
 }
 
@@ -372,6 +377,36 @@ pub struct NamespaceJoins {
     pub network: Option<String>,
     pub ipc: Option<String>,
     pub uts: Option<String>,
+    /// The spec's sysctls of the joined namespaces (key -> value), written by the launcher
+    /// once it is in them: libcontainer sees no network/IPC/UTS namespace of the container's
+    /// own and would refuse them as the host's. containerd 2.x's CRI asks for
+    /// `net.ipv4.ip_unprivileged_port_start` and `net.ipv4.ping_group_range` on every pod.
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, String>,
+}
+
+/// Whether `key` is a sysctl of the namespace the launcher joined for the container (only
+/// those move to the launcher; anything else stays for libcontainer to judge). Keys are
+/// plain dotted names: a path separator or `..` never reaches /proc/sys.
+fn joined_namespace_sysctl(key: &str, joins: &NamespaceJoins) -> bool {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !key.split('.').any(|part| part.is_empty());
+    let network = key.starts_with("net.") && joins.network.is_some();
+    let ipc = (key.starts_with("kernel.shm")
+        || key.starts_with("kernel.msg")
+        || key == "kernel.sem"
+        || key.starts_with("fs.mqueue."))
+        && joins.ipc.is_some();
+    let uts = matches!(key, "kernel.hostname" | "kernel.domainname") && joins.uts.is_some();
+    plain && (network || ipc || uts)
+}
+
+/// The /proc/sys file of a sysctl key taken by [`take_namespace_joins`].
+pub fn sysctl_path(key: &str) -> std::path::PathBuf {
+    std::path::Path::new("/proc/sys").join(key.replace('.', "/"))
 }
 
 pub fn take_namespace_joins(spec: &mut Value) -> NamespaceJoins {
@@ -397,6 +432,21 @@ pub fn take_namespace_joins(spec: &mut Value) -> NamespaceJoins {
             *slot = path;
             false
         });
+    }
+    if let Some(sysctls) = spec["linux"]["sysctl"].as_object_mut() {
+        let taken: Vec<String> = sysctls
+            .keys()
+            .filter(|k| joined_namespace_sysctl(k, &joins))
+            .cloned()
+            .collect();
+        for key in taken {
+            if let Some(value) = sysctls
+                .remove(&key)
+                .and_then(|v| v.as_str().map(String::from))
+            {
+                joins.sysctls.insert(key, value);
+            }
+        }
     }
     joins
 }
