@@ -325,6 +325,27 @@ async fn exec_logs_exit_codes_and_delete_work_and_leave_nothing_behind() {
     );
 }
 
+/// Applies `pod` (named `name`) and waits until `kubectl describe` shows one of `refusals`;
+/// the pod must never run. Returns the description.
+fn refused(cluster: &Cluster, namespace: &str, name: &str, pod: &Pod, refusals: &[&str]) -> String {
+    cluster.apply(pod).unwrap();
+    let message = wait_until_sync("the refusal to show", Duration::from_secs(60), || {
+        let describe = cluster
+            .kubectl_ok(&["-n", namespace, "describe", "pod", name])
+            .ok()?;
+        refusals
+            .iter()
+            .any(|r| describe.contains(r))
+            .then_some(describe)
+    })
+    .unwrap();
+    let phase = cluster
+        .pod_field(namespace, name, "{.status.phase}")
+        .unwrap();
+    assert_ne!(phase, "Running");
+    message
+}
+
 #[tokio::test]
 async fn privileged_pods_are_refused_with_a_message_kubectl_describe_shows() {
     let cluster = Cluster::connect().await;
@@ -340,24 +361,17 @@ async fn privileged_pods_are_refused_with_a_message_kubectl_describe_shows() {
         privileged: Some(true),
         ..SecurityContext::default()
     });
-    cluster.apply(&pod).unwrap();
-    let message = wait_until_sync("the refusal to show", Duration::from_secs(60), || {
-        let describe = cluster
-            .kubectl_ok(&["-n", &ns.name, "describe", "pod", "priv"])
-            .ok()?;
-        describe
-            .contains("agentsandbox refuses privileged containers")
-            .then_some(describe)
-    })
-    .unwrap();
+    let message = refused(
+        &cluster,
+        &ns.name,
+        "priv",
+        &pod,
+        &["agentsandbox refuses privileged containers"],
+    );
     assert!(
         message.contains("remove securityContext.privileged"),
         "{message}"
     );
-    let phase = cluster
-        .pod_field(&ns.name, "priv", "{.status.phase}")
-        .unwrap();
-    assert_ne!(phase, "Running");
 }
 
 #[tokio::test]
@@ -377,21 +391,17 @@ async fn host_users_false_pods_are_refused_with_what_to_do() {
         IDLE_LOOP,
     );
     pod.spec.as_mut().unwrap().host_users = Some(false);
-    cluster.apply(&pod).unwrap();
-    let message = wait_until_sync("the refusal to show", Duration::from_secs(60), || {
-        let describe = cluster
-            .kubectl_ok(&["-n", &ns.name, "describe", "pod", "userns"])
-            .ok()?;
-        let kubelet = "can't set `spec.hostUsers: false`, RuntimeClass handler \"agentsandbox\" does not support user namespaces";
-        let shim = "agentsandbox refuses pods with hostUsers: false";
-        (describe.contains(kubelet) || describe.contains(shim)).then_some(describe)
-    })
-    .unwrap();
+    let message = refused(
+        &cluster,
+        &ns.name,
+        "userns",
+        &pod,
+        &[
+            "can't set `spec.hostUsers: false`, RuntimeClass handler \"agentsandbox\" does not support user namespaces",
+            "agentsandbox refuses pods with hostUsers: false",
+        ],
+    );
     assert!(message.contains("hostUsers"), "{message}");
-    let phase = cluster
-        .pod_field(&ns.name, "userns", "{.status.phase}")
-        .unwrap();
-    assert_ne!(phase, "Running");
 }
 
 fn server_pod(namespace: &str, name: &str, greeting: &str) -> Pod {

@@ -21,6 +21,26 @@ use libcgroups::common::{
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+/// A cgroup file holding one number (0 when absent or unreadable: the cgroup may be gone).
+fn read_u64(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A cgroup file of `key value` lines (cpu.stat, memory.stat, memory.events).
+fn key_values(path: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// Where the node mounts its cgroup hierarchy.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 

@@ -6,30 +6,13 @@ use std::fs;
 use std::path::Path;
 
 use super::layout::Hierarchy;
+use super::{key_values, read_u64};
 
 use containerd_shim_protos::cgroups::metrics::{
     CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
 };
 
 pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";
-
-fn read_u64(path: &Path) -> u64 {
-    fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn key_values(path: &Path) -> Vec<(String, u64)> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            Some((k.to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
-}
 
 /// Metrics of the cgroup at `cgroups_path` (the spec's absolute `linux.cgroupsPath`).
 pub fn cgroup_v1_metrics(hierarchy: &Hierarchy, cgroups_path: &str) -> Metrics {

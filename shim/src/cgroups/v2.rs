@@ -9,6 +9,8 @@ use containerd_shim_protos::cgroups_v2::metrics::{
     CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
 };
 
+use super::{key_values, read_u64};
+
 pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
 
 /// A v2 limit file: a number, or "max" (no limit).
@@ -18,25 +20,6 @@ fn read_limit(path: &Path) -> u64 {
         Ok(text) => text.trim().parse().unwrap_or(0),
         Err(_) => 0,
     }
-}
-
-fn read_u64(path: &Path) -> u64 {
-    fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// `key value` lines (cpu.stat, memory.stat, memory.events).
-fn key_values(path: &Path) -> Vec<(String, u64)> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            Some((k.to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
 }
 
 /// Metrics of the cgroup directory `dir`.
