@@ -3,7 +3,6 @@
 //! decode.
 
 use std::fs;
-use std::path::Path;
 
 use super::layout::Hierarchy;
 use super::{key_values, read_u64};
