@@ -14,6 +14,23 @@ pub use pod_policy::{IsolationProfile, PodIdentity, PodPolicy, PolicyError, Secc
 
 /// Pod annotation and label keys. Users cannot set keys under [`annotations::PREFIX`] on an
 /// AgentSandbox (CEL), and the operator overrides them anyway.
+/// Capabilities a sandbox's root may keep, as Kubernetes spells them (no `CAP_` prefix). Each
+/// acts only inside the sandbox's user namespace (its root is an unprivileged host user), and
+/// each is something ordinary tools need: file ownership and permission fixes, signalling own
+/// processes, switching own users (package managers drop to helper users), binding ports
+/// below 1024. The runtime drops anything else a pod asks for; the operator gives this set to
+/// Standard sandboxes whose agent runs as root. All are in Pod Security "baseline"'s list.
+pub const NAMESPACED_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "NET_BIND_SERVICE",
+];
+
 pub mod annotations {
     /// Prefix of every key the operator owns.
     pub const PREFIX: &str = "agentsandbox.io/";

@@ -206,7 +206,29 @@ pub struct Isolation {
     /// agentsandbox runtime, which always applies its own profile on top).
     #[serde(default)]
     pub seccomp_profile: SeccompProfileChoice,
+
+    /// Who the agent runs as inside the sandbox. Auto (default): root, except in a namespace
+    /// labelled `pod-security.kubernetes.io/enforce: restricted`, where it is NonRoot. Root:
+    /// uid 0 inside the sandbox; under the agentsandbox runtime that root is an unprivileged
+    /// host uid, and with the Standard profile it keeps the runtime's namespaced capabilities
+    /// (chown, setuid/setgid, ...) so package managers work. NonRoot: uid and gid 1000 and no
+    /// capabilities, which satisfies Pod Security "restricted" (the agent cannot install system
+    /// packages or switch users).
+    #[serde(default)]
+    pub user: AgentUser,
 }
+
+/// Who the agent runs as inside the sandbox (`spec.isolation.user`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AgentUser {
+    #[default]
+    Auto,
+    Root,
+    NonRoot,
+}
+
+/// The uid and gid a NonRoot agent runs as.
+pub const NON_ROOT_UID: i64 = 1000;
 
 /// Network access of the sandbox.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]

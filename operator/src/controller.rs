@@ -2,11 +2,12 @@
 //! this module only reads the cluster, applies (server-side, one field manager), deletes,
 //! records Events and decides when to look again.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -18,15 +19,15 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::api::{AgentSandbox, Lifetime, OperatingMode, ResponseTaken, ShutdownPolicy};
+use crate::api::{AgentSandbox, AgentUser, Lifetime, OperatingMode, ResponseTaken, ShutdownPolicy};
 use crate::lifecycle::{self, Observed, ObservedPod, Plan, PodDeletion, PodStep, SandboxDeletion};
 use crate::metrics::Metrics;
 use crate::resources::{
     desired_network_policy, desired_pod, desired_service, desired_workspace_claim,
-    network_policy_name, pod_name, service_name, workspace_claim_name, OperatorSettings,
-    ANNOTATION_POD_HASH,
+    network_policy_name, pod_name, service_name, workspace_claim_name, NamespaceSecurity,
+    OperatorSettings, ANNOTATION_POD_HASH,
 };
-use crate::status::{finished_at, observe, Ending, Observation};
+use crate::status::{finished_at, observe, Ending, Observation, Refusal, READY};
 
 pub const FIELD_MANAGER: &str = "agentsandbox-operator";
 pub const FINALIZER: &str = "agentsandbox.io/cleanup";
@@ -66,6 +67,8 @@ pub struct Context {
     pub settings: OperatorSettings,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Consecutive refusals per sandbox UID: the retry delay backs off on them.
+    refusals: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -84,6 +87,25 @@ impl Context {
             client,
             settings,
             metrics,
+            refusals: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long to wait before trying a refused object again: 5 s, doubling per consecutive
+    /// refusal, at most 30 s (the cause, a quota or a policy, is fixed by someone else and
+    /// nothing the operator watches tells it when).
+    fn refused_again(&self, sandbox: &AgentSandbox) -> Duration {
+        let mut refusals = self.refusals.lock().expect("refusal counts");
+        let count = refusals
+            .entry(sandbox.uid().unwrap_or_default())
+            .or_insert(0);
+        *count = count.saturating_add(1);
+        Duration::from_secs((5u64 << (*count - 1).min(3)).min(30))
+    }
+
+    fn admitted(&self, sandbox: &AgentSandbox) {
+        if let Some(uid) = sandbox.uid() {
+            self.refusals.lock().expect("refusal counts").remove(&uid);
         }
     }
 
@@ -239,7 +261,8 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
     let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
 
-    let desired = desired_pod(sandbox, &ctx.settings);
+    let namespace_security = namespace_security(sandbox, ctx, &namespace).await?;
+    let desired = desired_pod(sandbox, &ctx.settings, namespace_security);
     let desired_hash = desired
         .annotations()
         .get(ANNOTATION_POD_HASH)
@@ -303,7 +326,7 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
         } => (pod, shut_down, requeue),
     };
 
-    apply_owned_objects(sandbox, ctx, &namespace).await?;
+    let mut refusal = apply_owned_objects(sandbox, ctx, &namespace).await?;
 
     let suspended = sandbox.spec.operating_mode == OperatingMode::Suspended;
     let mut pod = existing.filter(|p| owned_by(p, sandbox));
@@ -337,6 +360,8 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
             .await;
             pod = None;
         }
+        // Its NetworkPolicy, workspace or Service was refused: no pod without them.
+        PodStep::Create if refusal.is_some() => {}
         PodStep::Create => {
             // Create (not apply): if a pod of this name appears meanwhile, creating fails
             // instead of taking it over.
@@ -359,9 +384,16 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
                 Err(kube::Error::Api(status)) if status.code == 409 => {
                     requeue = requeue.min(Duration::from_secs(1));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => refusal = Some(Refusal::of("Pod", e)?),
             }
         }
+    }
+    match &refusal {
+        Some(refused) => {
+            requeue = requeue.min(ctx.refused_again(sandbox));
+            report_refusal(sandbox, ctx, refused).await;
+        }
+        None => ctx.admitted(sandbox),
     }
 
     let observation = Observation {
@@ -370,6 +402,7 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
             .as_ref()
             .filter(|p| p.metadata.deletion_timestamp.is_none() || suspended || shut_down),
         name_conflict: step == PodStep::Foreign,
+        refusal: refusal.as_ref(),
         ending: if shut_down {
             Ending::ShutdownTime
         } else {
@@ -393,44 +426,93 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(requeue))
 }
 
-/// The NetworkPolicy, workspace claim and Service, applied before the pod exists.
+/// The NetworkPolicy, workspace claim and Service, applied before the pod exists. The first
+/// one the API server refuses (admission, quota, validation) is returned, the rest skipped.
 async fn apply_owned_objects(
     sandbox: &AgentSandbox,
     ctx: &Context,
     namespace: &str,
-) -> Result<(), Error> {
+) -> Result<Option<Refusal>, Error> {
     let client = &ctx.client;
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let params = apply_params();
-    policies
+    let applied = policies
         .patch(
             &network_policy_name(sandbox),
             &params,
             &Patch::Apply(desired_network_policy(sandbox, &ctx.settings)),
         )
-        .await?;
+        .await;
+    if let Err(e) = applied {
+        return Ok(Some(Refusal::of("NetworkPolicy", e)?));
+    }
     if let Some(claim) = desired_workspace_claim(sandbox) {
-        claims
+        let applied = claims
             .patch(
                 &workspace_claim_name(sandbox),
                 &params,
                 &Patch::Apply(claim),
             )
-            .await?;
+            .await;
+        if let Err(e) = applied {
+            return Ok(Some(Refusal::of("PersistentVolumeClaim", e)?));
+        }
     }
     match desired_service(sandbox) {
         Some(service) => {
-            services
+            let applied = services
                 .patch(&service_name(sandbox), &params, &Patch::Apply(service))
-                .await?;
+                .await;
+            if let Err(e) = applied {
+                return Ok(Some(Refusal::of("Service", e)?));
+            }
         }
         None => {
             delete_if_exists(&services, &service_name(sandbox)).await?;
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The Pod Security level of the sandbox's namespace, read only when the sandbox leaves the
+/// choice of its user to it (`spec.isolation.user: Auto`).
+async fn namespace_security(
+    sandbox: &AgentSandbox,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<NamespaceSecurity, Error> {
+    if sandbox.spec.isolation.user != AgentUser::Auto {
+        return Ok(NamespaceSecurity::default());
+    }
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let labels = namespaces
+        .get_opt(namespace)
+        .await?
+        .map(|ns| ns.labels().clone())
+        .unwrap_or_default();
+    Ok(NamespaceSecurity::from_labels(&labels))
+}
+
+/// One Warning Event per refusal, not one per retry: published when the Ready condition does
+/// not already carry this refusal.
+async fn report_refusal(sandbox: &AgentSandbox, ctx: &Context, refused: &Refusal) {
+    let already = sandbox
+        .condition(READY)
+        .is_some_and(|c| c.reason == refused.reason && c.message == refused.message());
+    if already {
+        return;
+    }
+    warn!(sandbox = %sandbox.name_any(), namespace = ?sandbox.namespace(), kind = refused.kind, reason = refused.reason, "the API server refused an object of the sandbox");
+    ctx.event(
+        sandbox,
+        EventType::Warning,
+        refused.reason,
+        "Create",
+        refused.message(),
+    )
+    .await;
 }
 
 /// On delete: remove what the sandbox owns (the workspace only unless retained), then let the

@@ -22,7 +22,8 @@ use kube::{Resource, ResourceExt};
 use agentsandbox_contract::{EgressPolicy, EgressPort, EgressRule, PodIdentity, PodPolicy};
 
 use crate::api::{
-    AgentSandbox, EgressMode, ImagePullPolicy, IsolationProfile, Protocol, LABEL_PREFIX,
+    AgentSandbox, AgentUser, EgressMode, ImagePullPolicy, IsolationProfile, Protocol, LABEL_PREFIX,
+    NON_ROOT_UID,
 };
 
 /// Label carrying the sandbox's name on every object it owns; the Service and the
@@ -63,6 +64,58 @@ impl Default for OperatorSettings {
             tmp_size: "1Gi".to_string(),
         }
     }
+}
+
+/// The Pod Security level a namespace enforces (its `pod-security.kubernetes.io/enforce`
+/// label), as far as the sandbox's pod is concerned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NamespaceSecurity {
+    /// Not labelled, `privileged` or `baseline`: root inside the sandbox is admitted.
+    #[default]
+    RootAdmitted,
+    /// `restricted`: pods must run as non-root with no capabilities but NET_BIND_SERVICE.
+    Restricted,
+}
+
+pub const POD_SECURITY_ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
+
+impl NamespaceSecurity {
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> NamespaceSecurity {
+        match labels.get(POD_SECURITY_ENFORCE_LABEL).map(String::as_str) {
+            Some("restricted") => NamespaceSecurity::Restricted,
+            _ => NamespaceSecurity::RootAdmitted,
+        }
+    }
+}
+
+/// Who the agent runs as: `spec.isolation.user` with Auto resolved against the namespace.
+pub fn run_as_root(sandbox: &AgentSandbox, namespace: NamespaceSecurity) -> bool {
+    match sandbox.spec.isolation.user {
+        AgentUser::Root => true,
+        AgentUser::NonRoot => false,
+        AgentUser::Auto => namespace == NamespaceSecurity::RootAdmitted,
+    }
+}
+
+/// The capabilities root inside the sandbox keeps: the agentsandbox runtime's reviewed set,
+/// each acting only inside the sandbox's user namespace, given to Standard sandboxes whose
+/// agent runs as root under that runtime. Strict sandboxes, non-root agents and sandboxes
+/// without the runtime (where root would be host root) get none.
+pub fn sandbox_capabilities(
+    sandbox: &AgentSandbox,
+    settings: &OperatorSettings,
+    root: bool,
+) -> Vec<String> {
+    if !root
+        || settings.runtime_class_name.is_none()
+        || sandbox.spec.isolation.profile != IsolationProfile::Standard
+    {
+        return Vec::new();
+    }
+    agentsandbox_contract::NAMESPACED_CAPABILITIES
+        .iter()
+        .map(|c| c.to_string())
+        .collect()
 }
 
 pub fn pod_name(sandbox: &AgentSandbox) -> String {
@@ -185,8 +238,14 @@ pub fn default_resources() -> ResourceRequirements {
 
 /// The sandbox's pod. Hardening set here is the pod-level floor; the agentsandbox runtime
 /// enforces its own on top whatever this says.
-pub fn desired_pod(sandbox: &AgentSandbox, settings: &OperatorSettings) -> Pod {
+pub fn desired_pod(
+    sandbox: &AgentSandbox,
+    settings: &OperatorSettings,
+    namespace: NamespaceSecurity,
+) -> Pod {
     let spec = &sandbox.spec;
+    let root = run_as_root(sandbox, namespace);
+    let capabilities = sandbox_capabilities(sandbox, settings, root);
     let template = spec.pod_template.clone().unwrap_or_default();
 
     let mut labels = template.labels.unwrap_or_default();
@@ -270,9 +329,12 @@ pub fn desired_pod(sandbox: &AgentSandbox, settings: &OperatorSettings) -> Pod {
             read_only_root_filesystem: Some(spec.isolation.profile == IsolationProfile::Strict),
             capabilities: Some(Capabilities {
                 drop: Some(vec!["ALL".to_string()]),
-                add: None,
+                add: (!capabilities.is_empty()).then_some(capabilities),
             }),
             seccomp_profile: Some(runtime_default()),
+            run_as_non_root: (!root).then_some(true),
+            run_as_user: (!root).then_some(NON_ROOT_UID),
+            run_as_group: (!root).then_some(NON_ROOT_UID),
             ..SecurityContext::default()
         }),
         volume_mounts: Some(mounts),

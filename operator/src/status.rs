@@ -24,6 +24,59 @@ pub enum Ending {
     ShutdownTime,
 }
 
+/// An object of the sandbox that the API server refused to create: Pod Security admission,
+/// a ResourceQuota or LimitRange, an admission webhook or policy, or validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The refused object's kind.
+    pub kind: &'static str,
+    /// The Ready condition's reason: QuotaExceeded, or <what>Rejected.
+    pub reason: &'static str,
+    /// The API server's message.
+    pub api_message: String,
+}
+
+impl Refusal {
+    /// The refusal in an API error, or the error itself when it is not one (a refusal is an
+    /// answer about the object: 400 Bad Request, 403 Forbidden, 422 Invalid).
+    pub fn of(kind: &'static str, error: kube::Error) -> Result<Refusal, kube::Error> {
+        match error {
+            kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422) => {
+                Ok(Refusal::new(kind, status.message))
+            }
+            other => Err(other),
+        }
+    }
+
+    pub fn new(kind: &'static str, api_message: String) -> Refusal {
+        let reason =
+            if api_message.contains("exceeded quota") || api_message.contains("failed quota") {
+                "QuotaExceeded"
+            } else {
+                match kind {
+                    "Pod" => "PodRejected",
+                    "PersistentVolumeClaim" => "WorkspaceRejected",
+                    "Service" => "ServiceRejected",
+                    "NetworkPolicy" => "NetworkPolicyRejected",
+                    _ => "Rejected",
+                }
+            };
+        Refusal {
+            kind,
+            reason,
+            api_message,
+        }
+    }
+
+    /// What the Ready condition and the Warning Event say.
+    pub fn message(&self) -> String {
+        format!(
+            "the API server refused the sandbox's {}: {}",
+            self.kind, self.api_message
+        )
+    }
+}
+
 /// Everything the status is computed from.
 pub struct Observation<'a> {
     pub sandbox: &'a AgentSandbox,
@@ -31,6 +84,8 @@ pub struct Observation<'a> {
     pub pod: Option<&'a Pod>,
     /// A pod of the sandbox's name exists but belongs to something else.
     pub name_conflict: bool,
+    /// An object of the sandbox the API server refused in this reconcile.
+    pub refusal: Option<&'a Refusal>,
     pub ending: Ending,
     pub settings: &'a OperatorSettings,
     pub now: Time,
@@ -119,6 +174,11 @@ pub fn observe(obs: &Observation) -> AgentSandboxStatus {
                 ),
             )
         }
+    } else if let Some(refused) = obs.refusal {
+        (
+            Phase::Pending,
+            condition(READY, false, refused.reason, refused.message()),
+        )
     } else if let Some(action) = response_on_current_pod(sandbox, obs.pod) {
         let pod_name = obs.pod.map(|p| p.name_any()).unwrap_or_default();
         if action == ResponseTaken::Quarantined {

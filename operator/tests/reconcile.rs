@@ -53,6 +53,16 @@ fn policy_and_no_service() -> [Answer; 2] {
     ]
 }
 
+/// The sandbox's namespace, read because the sandbox leaves its user to it (`user: Auto`).
+fn namespace(labels: Value) -> Answer {
+    answer(
+        Method::GET,
+        "/api/v1/namespaces/agents",
+        200,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "agents", "labels": labels}}),
+    )
+}
+
 /// The status write that ends every apply.
 fn status_write(sandbox: &AgentSandbox) -> Answer {
     answer(
@@ -176,7 +186,10 @@ fn event_reasons(seen: &[Seen]) -> Vec<String> {
 #[tokio::test]
 async fn a_new_sandbox_gets_its_policy_then_a_hardened_pod_then_a_pending_status() {
     let s = sandbox(json!({"image": "agent:1"}));
-    let mut script = vec![answer(Method::GET, "/pods/coder", 404, not_found())];
+    let mut script = vec![
+        namespace(json!({})),
+        answer(Method::GET, "/pods/coder", 404, not_found()),
+    ];
     script.extend(policy_and_no_service());
     script.push(answer(
         Method::POST,
@@ -216,6 +229,7 @@ async fn suspending_deletes_the_pod_and_keeps_the_workspace() {
                 "name": "coder", "uid": "0f0e0d0c-0000-4000-8000-000000000001", "controller": true}]}
     });
     let (client, api) = mock_api(vec![
+        namespace(json!({})),
         answer(
             Method::GET,
             "/namespaces/agents/pods/coder",
@@ -253,7 +267,10 @@ async fn a_pod_of_the_same_name_owned_by_someone_else_is_never_touched() {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "coder", "namespace": "agents", "uid": "other"}
     });
-    let mut script = vec![answer(Method::GET, "/pods/coder", 200, foreign)];
+    let mut script = vec![
+        namespace(json!({})),
+        answer(Method::GET, "/pods/coder", 200, foreign),
+    ];
     script.extend(policy_and_no_service());
     script.push(status_write(&s));
     let (client, api) = mock_api(script);
@@ -278,6 +295,7 @@ async fn a_passed_shutdown_time_with_policy_delete_deletes_the_sandbox_and_nothi
         "lifetime": {"shutdownTime": "2020-01-01T00:00:00Z", "shutdownPolicy": "Delete"}
     }));
     let (client, api) = mock_api(vec![
+        namespace(json!({})),
         answer(Method::GET, "/pods/coder", 404, not_found()),
         answer(
             Method::DELETE,
@@ -291,12 +309,23 @@ async fn a_passed_shutdown_time_with_policy_delete_deletes_the_sandbox_and_nothi
     assert_eq!(event_reasons(&seen), vec!["ShutdownTime"]);
 }
 
-#[tokio::test]
-async fn a_pod_the_api_server_refuses_fails_the_reconcile_with_its_message() {
-    let s = sandbox(json!({"image": "agent:1"}));
-    let refusal = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
-        "message": "pods \"coder\" is forbidden: violates PodSecurity \"restricted:latest\""});
-    let mut script = vec![answer(Method::GET, "/pods/coder", 404, not_found())];
+fn ready_condition(seen: &[Seen]) -> Value {
+    let status = &seen_with(seen, Method::PATCH, "/status")[0].body;
+    status["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone()
+}
+
+/// Reconciles a sandbox whose pod create the API server answers with `refusal`.
+async fn refused(s: AgentSandbox, refusal: Value) -> Vec<Seen> {
+    let mut script = vec![
+        namespace(json!({})),
+        answer(Method::GET, "/pods/coder", 404, not_found()),
+    ];
     script.extend(policy_and_no_service());
     script.push(answer(
         Method::POST,
@@ -304,11 +333,82 @@ async fn a_pod_the_api_server_refuses_fails_the_reconcile_with_its_message() {
         403,
         refusal,
     ));
+    script.push(status_write(&s));
     let (client, api) = mock_api(script);
-    let error = reconcile(Arc::new(s), context(client)).await.unwrap_err();
-    api.finish().await;
+    reconcile(Arc::new(s), context(client))
+        .await
+        .expect("a refusal is reported, not an error");
+    api.finish().await
+}
+
+#[tokio::test]
+async fn a_pod_the_api_server_refuses_is_reported_on_the_sandbox_with_one_warning() {
+    let forbidden = |message: &str| {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
+            "code": 403, "message": message})
+    };
+    let pod_security = "pods \"coder\" is forbidden: violates PodSecurity \"restricted:latest\": runAsNonRoot != true";
+    let seen = refused(
+        sandbox(json!({"image": "agent:1"})),
+        forbidden(pod_security),
+    )
+    .await;
+    let ready = ready_condition(&seen);
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "PodRejected");
     assert!(
-        error.to_string().contains("violates PodSecurity"),
-        "{error}"
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("violates PodSecurity"),
+        "{ready}"
     );
+    let status = &seen_with(&seen, Method::PATCH, "/status")[0].body;
+    assert_eq!(status["status"]["phase"], "Pending");
+    let events: Vec<&Seen> = seen.iter().filter(|s| s.path.contains("/events")).collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].body["type"], "Warning");
+    assert_eq!(events[0].body["reason"], "PodRejected");
+
+    // The same refusal again (the condition already carries it): no second Event.
+    let mut again = sandbox(json!({"image": "agent:1"}));
+    let status: agentsandbox_operator::api::AgentSandboxStatus =
+        serde_json::from_value(status["status"].clone()).unwrap();
+    again.status = Some(status);
+    let seen = refused(again, forbidden(pod_security)).await;
+    assert!(
+        event_reasons(&seen).is_empty(),
+        "{:?}",
+        event_reasons(&seen)
+    );
+
+    let quota = "pods \"coder\" is forbidden: exceeded quota: none, requested: pods=1, used: pods=0, limited: pods=0";
+    let seen = refused(sandbox(json!({"image": "agent:1"})), forbidden(quota)).await;
+    assert_eq!(ready_condition(&seen)["reason"], "QuotaExceeded");
+    assert_eq!(event_reasons(&seen), vec!["QuotaExceeded"]);
+}
+
+#[tokio::test]
+async fn a_restricted_namespace_gets_a_non_root_pod() {
+    let s = sandbox(json!({"image": "agent:1", "isolation": {"profile": "Standard"}}));
+    let mut script = vec![
+        namespace(json!({"pod-security.kubernetes.io/enforce": "restricted"})),
+        answer(Method::GET, "/pods/coder", 404, not_found()),
+    ];
+    script.extend(policy_and_no_service());
+    script.push(answer(
+        Method::POST,
+        "/namespaces/agents/pods",
+        201,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "coder", "namespace": "agents", "uid": "pod-1"}}),
+    ));
+    script.push(status_write(&s));
+    let (client, api) = mock_api(script);
+    reconcile(Arc::new(s), context(client)).await.unwrap();
+    let seen = api.finish().await;
+    let created = &seen_with(&seen, Method::POST, "/pods")[0].body;
+    let sc = &created["spec"]["containers"][0]["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 1000);
+    assert_eq!(sc["capabilities"]["add"], Value::Null);
 }

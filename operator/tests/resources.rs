@@ -24,7 +24,7 @@ fn agent(pod: &k8s_openapi::api::core::v1::Pod) -> &Container {
 #[test]
 fn minimal_sandbox_gets_a_hardened_pod_named_after_it() {
     let s = sandbox(json!({"image": "agent:1"}));
-    let pod = desired_pod(&s, &settings());
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     let spec = pod.spec.as_ref().unwrap();
     assert_eq!(pod.metadata.name.as_deref(), Some("coder"));
     assert_eq!(pod.metadata.namespace.as_deref(), Some("agents"));
@@ -68,7 +68,7 @@ fn minimal_sandbox_gets_a_hardened_pod_named_after_it() {
 #[test]
 fn pod_is_controlled_by_the_sandbox_and_labelled_for_selection() {
     let s = sandbox(json!({"image": "agent:1"}));
-    let pod = desired_pod(&s, &settings());
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(owner.kind, "AgentSandbox");
     assert_eq!(owner.name, "coder");
@@ -87,7 +87,7 @@ fn runtime_gets_the_sandbox_identity_and_policies_as_annotations() {
         "security": {"onEscapeAttempt": "Quarantine"},
         "isolation": {"seccompProfile": "RuntimeDefault"}
     }));
-    let pod = desired_pod(&s, &settings());
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     let a = pod.metadata.annotations.as_ref().unwrap();
     assert_eq!(a[ANNOTATION_SANDBOX_NAME], "coder");
     assert_eq!(a[ANNOTATION_SANDBOX_NAMESPACE], "agents");
@@ -114,7 +114,7 @@ fn image_command_args_env_and_working_dir_pass_through() {
         "env": [{"name": "MODE", "value": "plan"}],
         "workingDir": "/src"
     }));
-    let pod = desired_pod(&s, &settings());
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     let c = agent(&pod);
     assert_eq!(
         c.image.as_deref(),
@@ -140,7 +140,7 @@ fn explicit_resources_replace_the_defaults() {
         "image": "agent:1",
         "resources": {"limits": {"memory": "4Gi", "cpu": "2"}, "requests": {"cpu": "1"}}
     }));
-    let pod = desired_pod(&s, &settings());
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     let r = agent(&pod).resources.as_ref().unwrap();
     assert_eq!(r.limits.as_ref().unwrap()["memory"].0, "4Gi");
     assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "1");
@@ -161,7 +161,7 @@ fn pod_template_is_merged_but_cannot_take_the_operators_labels_or_weaken_hardeni
             "imagePullSecrets": [{"name": "pull"}]
         }
     }));
-    let pod = desired_pod(&s, &settings());
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     let labels = pod.metadata.labels.as_ref().unwrap();
     assert_eq!(labels["team"], "ml");
     assert_eq!(
@@ -193,7 +193,7 @@ fn pod_template_is_merged_but_cannot_take_the_operators_labels_or_weaken_hardeni
 #[test]
 fn standard_profile_has_a_writable_root_and_nothing_else_relaxed() {
     let s = sandbox(json!({"image": "agent:1", "isolation": {"profile": "Standard"}}));
-    let pod = desired_pod(&s, &settings());
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     let sc = agent(&pod).security_context.clone().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(false));
     assert_eq!(
@@ -216,7 +216,10 @@ fn without_a_runtime_class_the_pod_uses_the_cluster_default() {
         ..OperatorSettings::default()
     };
     assert_eq!(
-        desired_pod(&s, &settings).spec.unwrap().runtime_class_name,
+        desired_pod(&s, &settings, NamespaceSecurity::default())
+            .spec
+            .unwrap()
+            .runtime_class_name,
         None
     );
 }
@@ -263,7 +266,7 @@ fn egress_allow_list_becomes_ip_blocks_with_ports_and_the_runtime_annotation() {
         egress[1].ports, None,
         "no ports means every port of the CIDR"
     );
-    let pod = desired_pod(&s, &settings());
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     assert_eq!(
         pod.metadata.annotations.unwrap()[ANNOTATION_EGRESS],
         r#"{"mode":"Deny","allow":[{"cidr":"10.20.0.0/16","ports":[{"port":443,"protocol":"TCP"},{"port":53,"protocol":"UDP"}]},{"cidr":"10.30.0.7/32","ports":[]}],"dns":false}"#
@@ -288,10 +291,11 @@ fn allow_dns_adds_only_the_cluster_dns_pods_on_port_53() {
             "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
         }])
     );
-    assert!(
-        desired_pod(&s, &settings()).metadata.annotations.unwrap()[ANNOTATION_EGRESS]
-            .ends_with(r#""dns":true}"#)
-    );
+    assert!(desired_pod(&s, &settings(), NamespaceSecurity::default())
+        .metadata
+        .annotations
+        .unwrap()[ANNOTATION_EGRESS]
+        .ends_with(r#""dns":true}"#));
 }
 
 #[test]
@@ -303,10 +307,11 @@ fn egress_allow_mode_permits_everything() {
         .egress
         .unwrap();
     assert_eq!(serde_json::to_value(&egress).unwrap(), json!([{}]));
-    assert!(
-        desired_pod(&s, &settings()).metadata.annotations.unwrap()[ANNOTATION_EGRESS]
-            .contains(r#""mode":"Allow""#)
-    );
+    assert!(desired_pod(&s, &settings(), NamespaceSecurity::default())
+        .metadata
+        .annotations
+        .unwrap()[ANNOTATION_EGRESS]
+        .contains(r#""mode":"Allow""#));
 }
 
 #[test]
@@ -335,7 +340,7 @@ fn exposed_ports_get_a_headless_service_ingress_and_container_ports() {
         serde_json::to_value(&ingress).unwrap(),
         json!([{"ports": [{"port": 8080, "protocol": "TCP"}, {"port": 5353, "protocol": "UDP"}]}])
     );
-    let pod = desired_pod(&s, &settings());
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     let container_ports = agent(&pod).ports.clone().unwrap();
     assert_eq!(container_ports[0].container_port, 8080);
     assert_eq!(
@@ -372,7 +377,7 @@ fn workspace_becomes_an_owned_claim_mounted_as_the_working_directory() {
         spec.resources.unwrap().requests.unwrap()["storage"].0,
         "5Gi"
     );
-    let pod = desired_pod(&s, &settings());
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     let c = agent(&pod);
     assert!(c
         .volume_mounts
@@ -420,7 +425,7 @@ fn workspace_defaults_and_retained_claims_have_no_owner() {
         None,
         "the cluster's default class"
     );
-    let pod = desired_pod(&s, &settings());
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     assert_eq!(agent(&pod).working_dir.as_deref(), Some("/workspace"));
 }
 
@@ -432,8 +437,8 @@ fn no_workspace_means_no_claim() {
 #[test]
 fn pod_hash_is_stable_and_changes_with_the_spec() {
     let s = sandbox(json!({"image": "agent:1"}));
-    let a = desired_pod(&s, &settings());
-    let b = desired_pod(&s, &settings());
+    let a = desired_pod(&s, &settings(), NamespaceSecurity::default());
+    let b = desired_pod(&s, &settings(), NamespaceSecurity::default());
     let hash = |p: &k8s_openapi::api::core::v1::Pod| {
         p.metadata.annotations.as_ref().unwrap()[ANNOTATION_POD_HASH].clone()
     };
@@ -443,11 +448,16 @@ fn pod_hash_is_stable_and_changes_with_the_spec() {
         pod_hash(&a),
         "the hash ignores its own annotation"
     );
-    let changed = desired_pod(&sandbox(json!({"image": "agent:2"})), &settings());
+    let changed = desired_pod(
+        &sandbox(json!({"image": "agent:2"})),
+        &settings(),
+        NamespaceSecurity::default(),
+    );
     assert_ne!(hash(&a), hash(&changed));
     let policy_changed = desired_pod(
         &sandbox(json!({"image": "agent:1", "network": {"allowDNS": true}})),
         &settings(),
+        NamespaceSecurity::default(),
     );
     assert_ne!(
         hash(&a),
@@ -460,7 +470,7 @@ fn pod_hash_is_stable_and_changes_with_the_spec() {
 fn hostname_is_set_only_when_the_name_is_a_valid_label() {
     let s = sandbox(json!({"image": "agent:1"}));
     assert_eq!(
-        desired_pod(&s, &settings())
+        desired_pod(&s, &settings(), NamespaceSecurity::default())
             .spec
             .unwrap()
             .hostname
@@ -470,7 +480,93 @@ fn hostname_is_set_only_when_the_name_is_a_valid_label() {
     let mut dotted = s.clone();
     dotted.metadata.name = Some("coder.v2".to_string());
     assert_eq!(
-        desired_pod(&dotted, &settings()).spec.unwrap().hostname,
+        desired_pod(&dotted, &settings(), NamespaceSecurity::default())
+            .spec
+            .unwrap()
+            .hostname,
         None
     );
+}
+
+#[test]
+fn root_in_a_standard_sandbox_keeps_the_runtimes_namespaced_capabilities_and_strict_keeps_none() {
+    let caps = |spec: serde_json::Value, settings: &OperatorSettings| {
+        let pod = desired_pod(&sandbox(spec), settings, NamespaceSecurity::default());
+        let sc = pod.spec.unwrap().containers[0]
+            .security_context
+            .clone()
+            .unwrap();
+        assert_eq!(sc.run_as_non_root, None, "root inside by default");
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+        caps.add.unwrap_or_default()
+    };
+    let standard = json!({"image": "agent:1", "isolation": {"profile": "Standard"}});
+    let expected: Vec<String> = agentsandbox_contract::NAMESPACED_CAPABILITIES
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(caps(standard.clone(), &settings()), expected);
+    assert!(expected.contains(&"SETUID".to_string()) && expected.contains(&"CHOWN".to_string()));
+    assert!(
+        caps(json!({"image": "agent:1"}), &settings()).is_empty(),
+        "Strict"
+    );
+    // Without the runtime, root inside is host root: no capabilities at all.
+    let no_runtime = OperatorSettings {
+        runtime_class_name: None,
+        ..settings()
+    };
+    assert!(caps(standard, &no_runtime).is_empty());
+}
+
+#[test]
+fn a_restricted_namespace_gets_a_non_root_agent_unless_the_sandbox_says_root() {
+    let labels = |level: &str| {
+        std::collections::BTreeMap::from([(
+            POD_SECURITY_ENFORCE_LABEL.to_string(),
+            level.to_string(),
+        )])
+    };
+    assert_eq!(
+        NamespaceSecurity::from_labels(&labels("restricted")),
+        NamespaceSecurity::Restricted
+    );
+    for level in ["baseline", "privileged"] {
+        assert_eq!(
+            NamespaceSecurity::from_labels(&labels(level)),
+            NamespaceSecurity::RootAdmitted
+        );
+    }
+    let context = |spec: serde_json::Value, ns: NamespaceSecurity| {
+        desired_pod(&sandbox(spec), &settings(), ns)
+            .spec
+            .unwrap()
+            .containers[0]
+            .security_context
+            .clone()
+            .unwrap()
+    };
+    let standard = json!({"image": "agent:1", "isolation": {"profile": "Standard"}});
+    let restricted = context(standard.clone(), NamespaceSecurity::Restricted);
+    assert_eq!(restricted.run_as_non_root, Some(true));
+    assert_eq!(restricted.run_as_user, Some(1000));
+    assert_eq!(restricted.run_as_group, Some(1000));
+    assert_eq!(
+        restricted.capabilities.unwrap().add,
+        None,
+        "restricted admits no capabilities but NET_BIND_SERVICE; a non-root agent gets none"
+    );
+    // An explicit choice wins over the namespace.
+    let root = context(
+        json!({"image": "agent:1", "isolation": {"user": "Root"}}),
+        NamespaceSecurity::Restricted,
+    );
+    assert_eq!(root.run_as_non_root, None);
+    let non_root = context(
+        json!({"image": "agent:1", "isolation": {"user": "NonRoot"}}),
+        NamespaceSecurity::RootAdmitted,
+    );
+    assert_eq!(non_root.run_as_user, Some(1000));
 }

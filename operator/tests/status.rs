@@ -40,6 +40,7 @@ fn observation<'a>(
         sandbox: s,
         pod,
         name_conflict: false,
+        refusal: None,
         ending: Ending::None,
         settings,
         now,

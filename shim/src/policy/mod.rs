@@ -8,20 +8,14 @@ pub mod seccomp;
 use agentsandbox_contract::{IsolationProfile, PodPolicy};
 use serde_json::{json, Value};
 
-/// Capabilities a sandbox may keep. Each acts only inside the sandbox's user namespace (its
-/// root is an unprivileged host user), and each is something ordinary tools need: file
-/// ownership and permission fixes, signalling own processes, switching own users, binding
-/// ports below 1024. Anything else requested is dropped.
-pub const ALLOWED_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_NET_BIND_SERVICE",
-];
+/// Whether a sandbox may keep `capability` (OCI spelling, `CAP_CHOWN`): the contract's
+/// reviewed set of capabilities that act only inside the sandbox's user namespace. Anything
+/// else requested is dropped.
+pub fn capability_allowed(capability: &str) -> bool {
+    capability
+        .strip_prefix("CAP_")
+        .is_some_and(|name| agentsandbox_contract::NAMESPACED_CAPABILITIES.contains(&name))
+}
 
 /// Paths under /proc and /sys that reveal the host or reach the kernel: hidden.
 pub const MASKED_PATHS: &[&str] = &[
@@ -298,7 +292,7 @@ fn enforce(spec: &mut Value, settings: &SandboxSettings) {
     process["noNewPrivileges"] = json!(true);
     let kept: Vec<String> = strings(&process["capabilities"]["bounding"])
         .into_iter()
-        .filter(|c| ALLOWED_CAPABILITIES.contains(&c.as_str()))
+        .filter(|c| capability_allowed(c))
         .collect();
     process["capabilities"] = json!({
         "bounding": kept,
@@ -461,7 +455,7 @@ pub fn harden_exec_process(process: &mut Value) -> Result<(), PolicyError> {
     let mut wrapper = json!({ "process": process.take(), "linux": {} });
     let kept: Vec<String> = strings(&wrapper["process"]["capabilities"]["bounding"])
         .into_iter()
-        .filter(|c| ALLOWED_CAPABILITIES.contains(&c.as_str()))
+        .filter(|c| capability_allowed(c))
         .collect();
     wrapper["process"]["noNewPrivileges"] = json!(true);
     wrapper["process"]["capabilities"] = json!({
