@@ -56,8 +56,9 @@ pub struct PodPolicy {
     pub isolation: IsolationProfile,
     pub seccomp: SeccompProfileChoice,
     pub on_escape: EscapeResponse,
-    /// `None` when the pod carries no egress annotation (a pod the operator did not make).
-    pub egress: Option<EgressPolicy>,
+    /// No egress annotation (a pod the operator did not make) is no egress at all: a plain pod
+    /// under the RuntimeClass fails closed, like an AgentSandbox that says nothing.
+    pub egress: EgressPolicy,
 }
 
 impl PodPolicy {
@@ -89,18 +90,16 @@ impl PodPolicy {
                 self.seccomp.as_str().to_string(),
             ),
         ]);
-        if let Some(egress) = &self.egress {
-            written.insert(
-                annotations::EGRESS.to_string(),
-                serde_json::to_string(egress).expect("the egress policy serialises"),
-            );
-        }
+        written.insert(
+            annotations::EGRESS.to_string(),
+            serde_json::to_string(&self.egress).expect("the egress policy serialises"),
+        );
         written
     }
 
-    /// Reads the policy from a pod's annotations. A missing key takes its default (Strict,
-    /// Agent, Deny; no egress annotation is `None`); a present but unparsable one is an error,
-    /// so that a typo never silently weakens a sandbox.
+    /// Reads the policy from a pod's annotations. A missing key takes its default, the one an
+    /// AgentSandbox gets (Strict, Agent, Deny, no egress); a present but unparsable one is an
+    /// error, so that a typo never silently weakens a sandbox.
     pub fn from_annotations(
         pod_annotations: &BTreeMap<String, String>,
     ) -> Result<PodPolicy, PolicyError> {
@@ -114,7 +113,8 @@ impl PodPolicy {
                     reason: e.to_string(),
                 })
             })
-            .transpose()?;
+            .transpose()?
+            .unwrap_or_else(EgressPolicy::deny_all);
         Ok(PodPolicy {
             identity: PodIdentity {
                 sandbox_name: text(annotations::SANDBOX_NAME),

@@ -18,7 +18,7 @@ fn full_policy() -> PodPolicy {
         isolation: IsolationProfile::Standard,
         seccomp: SeccompProfileChoice::RuntimeDefault,
         on_escape: EscapeResponse::Quarantine,
-        egress: Some(EgressPolicy {
+        egress: EgressPolicy {
             mode: EgressMode::Deny,
             allow: vec![EgressRule {
                 cidr: "10.20.0.0/16".into(),
@@ -28,7 +28,7 @@ fn full_policy() -> PodPolicy {
                 }],
             }],
             dns: true,
-        }),
+        },
     }
 }
 
@@ -50,12 +50,15 @@ fn egress_json_is_the_documented_shape() {
 }
 
 #[test]
-fn missing_annotations_take_the_defaults() {
+fn missing_annotations_take_the_defaults_of_an_agent_sandbox_and_fail_closed() {
     let policy = PodPolicy::from_annotations(&BTreeMap::new()).unwrap();
     assert_eq!(policy.isolation, IsolationProfile::Strict);
     assert_eq!(policy.on_escape, EscapeResponse::Deny);
     assert_eq!(policy.seccomp, SeccompProfileChoice::Agent);
-    assert_eq!(policy.egress, None);
+    // A plain pod under the RuntimeClass gets no egress at all, not an open network.
+    assert_eq!(policy.egress, EgressPolicy::deny_all());
+    assert_eq!(policy.egress.mode, EgressMode::Deny);
+    assert!(policy.egress.allow.is_empty() && !policy.egress.dns);
 }
 
 #[test]

@@ -353,15 +353,43 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A value from `e2e/versions.env`, the one list of versions the harness builds.
+/// A value from `e2e/versions.env`, the one list of versions the harness builds. The keys the
+/// file lets the environment choose (`KEY=${KEY:-default}`, as the version matrix does) come
+/// from the environment when it sets them, so tests check the stack the harness started.
 pub fn version(key: &str) -> String {
     let path = repo_root().join("e2e/versions.env");
     let text = std::fs::read_to_string(&path).expect("e2e/versions.env is readable");
-    text.lines()
+    let value = text
+        .lines()
         .filter_map(|line| line.split_once('='))
         .find(|(k, _)| k.trim() == key)
         .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_else(|| panic!("{key} is not set in {}", path.display()))
+        .unwrap_or_else(|| panic!("{key} is not set in {}", path.display()));
+    match env_default(&value, key) {
+        Some(default) => std::env::var(key)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or(default),
+        None => value,
+    }
+}
+
+/// The major version of the cluster's containerd (CONTAINERD_VERSION).
+pub fn containerd_major() -> u32 {
+    version("CONTAINERD_VERSION")
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .expect("CONTAINERD_VERSION is vMAJOR.MINOR.PATCH")
+}
+
+/// The default of a `${KEY:-default}` value, None for a plain value.
+fn env_default(value: &str, key: &str) -> Option<String> {
+    value
+        .strip_prefix(&format!("${{{key}:-"))?
+        .strip_suffix('}')
+        .map(str::to_string)
 }
 
 /// The locally built busybox test image.

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use agentsandbox_e2e::{
-    delete_node_agent, repo_root, state_dir, wait_new_node_agent, wait_until, Cluster,
-    AGENTSANDBOX_NAMESPACE,
+    containerd_major, delete_node_agent, repo_root, state_dir, wait_new_node_agent, wait_until,
+    Cluster, AGENTSANDBOX_NAMESPACE,
 };
 
 #[tokio::test]
@@ -37,14 +37,20 @@ async fn the_node_agent_installs_the_runtime_once_and_a_rerun_changes_nothing() 
         1,
         "{config}"
     );
-    assert!(config.starts_with("version = 3\n"), "{config}");
-    assert_eq!(
-        config
-            .matches("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.agentsandbox]\n  runtime_type = \"io.containerd.agentsandbox.v1\"")
-            .count(),
-        1,
+    // containerd 1.x reads configuration version 2, where CRI is one plugin; 2.x version 3.
+    let (schema, plugin) = if containerd_major() >= 2 {
+        (3, "io.containerd.cri.v1.runtime")
+    } else {
+        (2, "io.containerd.grpc.v1.cri")
+    };
+    assert!(
+        config.starts_with(&format!("version = {schema}\n")),
         "{config}"
     );
+    let stanza = format!(
+        "[plugins.\"{plugin}\".containerd.runtimes.agentsandbox]\n  runtime_type = \"io.containerd.agentsandbox.v1\""
+    );
+    assert_eq!(config.matches(&stanza).count(), 1, "{config}");
     // The node's own configuration is never edited (so there is nothing to back up).
     let main_config = std::fs::read_to_string(state_dir().join("containerd/config.toml")).unwrap();
     assert!(

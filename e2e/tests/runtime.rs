@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use agentsandbox_e2e::{
-    attack_image, attack_outcomes, busybox_image, busybox_pod, container_host_pid, crictl,
-    main_container, runtime_pod, sandbox_yaml, version, wait_sandbox_ready, wait_until_sync,
-    Cluster, IDLE_LOOP, RUNTIME_CLASS,
+    attack_image, attack_outcomes, busybox_image, busybox_pod, container_host_pid,
+    containerd_major, crictl, main_container, runtime_pod, sandbox_yaml, wait_sandbox_ready,
+    wait_until_sync, Cluster, IDLE_LOOP, RUNTIME_CLASS,
 };
 use agentsandbox_operator::api::AgentSandbox;
 use k8s_openapi::api::core::v1::{Pod, ResourceRequirements, SecurityContext};
@@ -191,13 +191,7 @@ async fn escape_syscalls_fail_with_eperm_under_agentsandbox_and_partly_succeed_u
     );
     // What runc's default profile lets through and the agentsandbox runtime does not.
     // containerd 2.x took io_uring out of its RuntimeDefault profile; 1.x allows it.
-    let containerd_major = version("CONTAINERD_VERSION")
-        .trim_start_matches('v')
-        .split('.')
-        .next()
-        .and_then(|m| m.parse::<u32>().ok())
-        .expect("CONTAINERD_VERSION in e2e/versions.env");
-    if containerd_major >= 2 {
+    if containerd_major() >= 2 {
         assert_ne!(runc["io-uring-setup"].1, "ALLOWED", "io_uring under runc");
     } else {
         assert_eq!(runc["io-uring-setup"].1, "ALLOWED", "io_uring under runc");
@@ -577,4 +571,117 @@ async fn a_sandbox_serves_on_a_low_port_in_its_own_network_namespace() {
     )
     .unwrap();
     assert_eq!(reply.trim(), "low-port-greeting");
+}
+
+#[tokio::test]
+async fn a_plain_pod_under_the_runtime_class_fails_closed_with_no_egress_while_runc_reaches() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-plain");
+    cluster
+        .apply(&server_pod(&ns.name, "server", "server-greeting"))
+        .unwrap();
+    // Nobody wrote a policy for these pods: no agentsandbox.io/ annotation at all.
+    cluster
+        .apply(&runtime_pod(
+            &ns.name,
+            "plain",
+            Some(RUNTIME_CLASS),
+            &busybox_image(),
+            IDLE_LOOP,
+        ))
+        .unwrap();
+    cluster
+        .apply(&runtime_pod(
+            &ns.name,
+            "control",
+            None,
+            &busybox_image(),
+            IDLE_LOOP,
+        ))
+        .unwrap();
+    for pod in ["server", "plain", "control"] {
+        cluster.wait_pod(&ns.name, pod, "condition=Ready").unwrap();
+    }
+    let server_ip = cluster
+        .pod_field(&ns.name, "server", "{.status.podIP}")
+        .unwrap();
+    let reach = |pod: &str| {
+        cluster
+            .exec(&ns.name, pod, &["nc", "-w", "3", &server_ip, "8080"])
+            .1
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        reach("control"),
+        "server-greeting",
+        "runc: the network works"
+    );
+    assert_eq!(
+        reach("plain"),
+        "",
+        "agentsandbox without a policy: no egress"
+    );
+    // The rest of the defaults: Strict (read-only root).
+    let (code, _, _) = cluster.exec(&ns.name, "plain", &["touch", "/probe"]);
+    assert_ne!(code, 0, "a plain pod's root filesystem is writable");
+}
+
+#[tokio::test]
+async fn only_the_operator_may_put_policy_annotations_on_pods() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-forged");
+    // A forged policy: open egress and no response to escapes, on a pod under the runtime.
+    let mut forged = runtime_pod(
+        &ns.name,
+        "forged",
+        Some(RUNTIME_CLASS),
+        &busybox_image(),
+        IDLE_LOOP,
+    );
+    forged.metadata.annotations = Some(
+        [
+            (
+                "agentsandbox.io/egress".to_string(),
+                r#"{"mode":"Allow"}"#.to_string(),
+            ),
+            (
+                "agentsandbox.io/isolation-profile".to_string(),
+                "Standard".to_string(),
+            ),
+        ]
+        .into(),
+    );
+    let refused = cluster.apply(&forged).unwrap_err().to_string();
+    assert!(
+        refused.contains("only the agentsandbox operator sets agentsandbox.io/ annotations"),
+        "{refused}"
+    );
+
+    // Nor can anyone change the policy of a sandbox's pod the operator made.
+    cluster.apply(&sandbox_yaml(&ns.name, "agent", "")).unwrap();
+    let api: Api<AgentSandbox> = Api::namespaced(cluster.client.clone(), &ns.name);
+    wait_sandbox_ready(&api, "agent", Duration::from_secs(90))
+        .await
+        .unwrap();
+    let changed = cluster.kubectl(&[
+        "-n",
+        &ns.name,
+        "annotate",
+        "pod",
+        "agent",
+        "--overwrite",
+        "agentsandbox.io/on-escape-attempt=Deny",
+        "agentsandbox.io/sandbox-uid=someone-else",
+    ]);
+    assert!(!changed.status.success(), "a policy annotation was changed");
+    assert!(
+        String::from_utf8_lossy(&changed.stderr).contains("only the agentsandbox operator"),
+        "{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
+    // Annotations of anyone else's stay writable.
+    cluster
+        .kubectl_ok(&["-n", &ns.name, "annotate", "pod", "agent", "team=a"])
+        .unwrap();
 }

@@ -217,7 +217,7 @@ pub fn runtime_pod_policy(sandbox: &AgentSandbox) -> PodPolicy {
         isolation: sandbox.spec.isolation.profile,
         seccomp: sandbox.spec.isolation.seccomp_profile,
         on_escape: sandbox.spec.security.on_escape_attempt,
-        egress: Some(runtime_egress_policy(sandbox)),
+        egress: runtime_egress_policy(sandbox),
     }
 }
 

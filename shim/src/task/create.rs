@@ -78,15 +78,12 @@ pub async fn receive_terminal(
 }
 
 impl TaskService {
-    /// The egress rules for the pod's first application container (None: installed already,
-    /// the sandbox container, or a pod with no egress policy).
+    /// The egress rules for the pod's first application container (a pod that carries no
+    /// egress policy gets none: no egress).
     fn egress_rules(
         spec: &Value,
-        policy: Option<&agentsandbox_contract::EgressPolicy>,
+        policy: &agentsandbox_contract::EgressPolicy,
     ) -> TaskResult<Option<egress::EgressRules>> {
-        let Some(policy) = policy else {
-            return Ok(None);
-        };
         let resolv_conf = spec["mounts"]
             .as_array()
             .into_iter()
@@ -134,7 +131,7 @@ impl TaskService {
             let egress = if is_sandbox || state.pod.egress_installed {
                 None
             } else {
-                Self::egress_rules(&spec, pod_policy.egress.as_ref())?
+                Self::egress_rules(&spec, &pod_policy.egress)?
             };
             // The pod's first container claims its id range; the guard gives it back if this
             // create fails.
