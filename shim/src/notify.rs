@@ -3,13 +3,19 @@
 //! SCM_RIGHTS). Every notified syscall is an escape-relevant call that is always denied: the
 //! listener answers EPERM first (the caller is blocked until it does) and records the attempt
 //! afterwards. Arguments are never used for the decision (reading them is racy).
+//!
+//! Memory stays bounded under a flood: the queue from the listeners to the recorder holds at
+//! most [`RAW_QUEUE`] attempts; past that an attempt is only counted (per container, syscall
+//! and architecture, a map bounded by the number of notified syscalls), so every attempt is
+//! still counted exactly while its details are dropped and counted as dropped.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use agentsandbox_telemetry::v1::{Action, EscapeAttempt};
 use libseccomp::{ScmpNotifReq, ScmpNotifResp, ScmpNotifRespFlags};
@@ -44,10 +50,19 @@ struct RawAttempt {
     args: [u64; 6],
 }
 
+/// Attempts queued for the recorder; past this they are counted without details.
+pub const RAW_QUEUE: usize = 4096;
+
+/// Attempts counted without details: (container, syscall, arch) -> count.
+type Overflow = HashMap<(Arc<str>, libseccomp::ScmpSyscall, libseccomp::ScmpArch), u64>;
+
 /// Shared by the listener threads.
 struct Shared {
-    /// To the recorder thread.
-    raw: Mutex<std::sync::mpsc::Sender<RawAttempt>>,
+    /// To the recorder thread (bounded).
+    raw: Mutex<std::sync::mpsc::SyncSender<RawAttempt>>,
+    /// Attempts the full queue could not take.
+    overflow: Mutex<Overflow>,
+    overflowed: AtomicBool,
     telemetry: Arc<Telemetry>,
     /// The pod's response (an `Action` as i32), set when its sandbox container is created.
     response: AtomicI32,
@@ -71,9 +86,11 @@ impl NotifyListener {
     ) -> std::io::Result<NotifyListener> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
-        let (raw, recorded) = std::sync::mpsc::channel::<RawAttempt>();
+        let (raw, recorded) = std::sync::mpsc::sync_channel::<RawAttempt>(RAW_QUEUE);
         let shared = Arc::new(Shared {
             raw: Mutex::new(raw),
+            overflow: Mutex::new(HashMap::new()),
+            overflowed: AtomicBool::new(false),
             telemetry,
             response: AtomicI32::new(Action::Denied as i32),
             responses,
@@ -82,10 +99,17 @@ impl NotifyListener {
         let for_recorder = shared.clone();
         std::thread::Builder::new()
             .name("escape-recorder".into())
-            .spawn(move || {
-                for raw in recorded {
-                    let (attempt, action) = describe(&for_recorder, raw);
-                    record(&for_recorder, attempt, action);
+            .spawn(move || loop {
+                match recorded.recv_timeout(Duration::from_millis(100)) {
+                    Ok(raw) => {
+                        let (attempt, action) = describe(&for_recorder, raw);
+                        record(&for_recorder, attempt, action);
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                if for_recorder.overflowed.swap(false, Ordering::SeqCst) {
+                    record_overflow(&for_recorder);
                 }
             })?;
         let for_thread = shared.clone();
@@ -145,7 +169,7 @@ fn serve_container(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
                 .respond(fd);
             // Everything else happens on the recorder thread: this one goes straight back to
             // answering (a flood is paced by this loop).
-            let _ = shared.raw.lock().expect("lock").send(RawAttempt {
+            let queued = shared.raw.lock().expect("lock").try_send(RawAttempt {
                 time_unix_nanos: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_nanos() as i64)
@@ -156,6 +180,15 @@ fn serve_container(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
                 arch: request.data.arch,
                 args: request.data.args,
             });
+            if let Err(std::sync::mpsc::TrySendError::Full(raw)) = queued {
+                *shared
+                    .overflow
+                    .lock()
+                    .expect("lock")
+                    .entry((raw.container, raw.syscall, raw.arch))
+                    .or_default() += 1;
+                shared.overflowed.store(true, Ordering::SeqCst);
+            }
         } else if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
         {
             return Ok(());
@@ -216,6 +249,25 @@ fn sandbox_pid(host_pid: u32) -> Option<u32> {
         .last()?
         .parse()
         .ok()
+}
+
+/// Counts the attempts the full queue could not take: exact counts, no details.
+fn record_overflow(shared: &Shared) {
+    let counted = std::mem::take(&mut *shared.overflow.lock().expect("lock"));
+    let action = Action::try_from(shared.response.load(Ordering::SeqCst)).unwrap_or(Action::Denied);
+    for ((container, syscall, arch), count) in counted {
+        let name = syscall
+            .get_name_by_arch(arch)
+            .unwrap_or_else(|_| format!("syscall-{}", i32::from(syscall)));
+        let category = category_of(&name).unwrap_or(agentsandbox_contract::Category::Other);
+        tracing::warn!(%container, syscall = %name, attempts = count, "escape attempts denied faster than they can be described: counted without details");
+        shared
+            .telemetry
+            .record_uncounted_details(category.as_str(), count, action);
+    }
+    if action != Action::Denied {
+        let _ = shared.responses.send(action);
+    }
 }
 
 fn record(shared: &Shared, attempt: EscapeAttempt, action: Action) {

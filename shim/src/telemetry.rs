@@ -84,6 +84,17 @@ impl TelemetryBuffer {
         seq
     }
 
+    /// Counts `count` attempts of `category` whose details were never kept (the listener's
+    /// queue was full): the counts stay exact, the details are counted as dropped.
+    pub fn record_uncounted_details(&mut self, category: &str, count: u64, action: Action) {
+        self.total += count;
+        *self.by_category.entry(category.to_string()).or_default() += count;
+        self.dropped += count;
+        if action > self.response {
+            self.response = action;
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.total
     }
@@ -189,6 +200,15 @@ impl Telemetry {
         let seq = self.buffer.lock().expect("lock").record(attempt);
         self.changed.notify_one();
         seq
+    }
+
+    /// See [`TelemetryBuffer::record_uncounted_details`].
+    pub fn record_uncounted_details(&self, category: &str, count: u64, action: Action) {
+        self.buffer
+            .lock()
+            .expect("lock")
+            .record_uncounted_details(category, count, action);
+        self.changed.notify_one();
     }
 
     pub fn total(&self) -> u64 {

@@ -140,3 +140,31 @@ fn summaries_name_namespace_flags_and_never_follow_pointers() {
         "a pointer argument is not shown"
     );
 }
+
+#[test]
+fn attempts_counted_without_details_keep_the_counts_exact_and_count_the_details_dropped() {
+    let mut buffer = TelemetryBuffer::new(4);
+    buffer.record(attempt("unshare", "namespace"));
+    buffer.record_uncounted_details("namespace", 1_000_000, Action::Denied);
+    buffer.record_uncounted_details("mount", 7, Action::Killed);
+    assert_eq!(buffer.total(), 1_000_008);
+    assert_eq!(buffer.dropped(), 1_000_007);
+    let report = buffer.next_report(&pod()).expect("a report");
+    assert_eq!(report.total, 1_000_008);
+    let count = |category: &str| {
+        report
+            .by_category
+            .iter()
+            .find(|c| c.category == category)
+            .map(|c| c.count)
+    };
+    assert_eq!(count("namespace"), Some(1_000_001));
+    assert_eq!(count("mount"), Some(7));
+    assert_eq!(report.dropped_details, 1_000_007);
+    assert_eq!(report.attempts.len(), 1, "only the one kept detail");
+    assert_eq!(
+        report.response,
+        Action::Killed as i32,
+        "the strongest response taken"
+    );
+}
