@@ -685,3 +685,93 @@ async fn only_the_operator_may_put_policy_annotations_on_pods() {
         .kubectl_ok(&["-n", &ns.name, "annotate", "pod", "agent", "team=a"])
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_shims_state_on_the_host_is_root_only_and_the_root_filesystem_mount_nosuid_nodev() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-state");
+    let mut pod = runtime_pod(
+        &ns.name,
+        "p",
+        Some(RUNTIME_CLASS),
+        &busybox_image(),
+        IDLE_LOOP,
+    );
+    main_container(&mut pod).env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+        name: "API_TOKEN".into(),
+        value: Some("not-for-host-users".into()),
+        ..Default::default()
+    }]);
+    cluster.apply(&pod).unwrap();
+    cluster.wait_pod(&ns.name, "p", "condition=Ready").unwrap();
+    let id = cluster
+        .pod_field(&ns.name, "p", "{.status.containerStatuses[0].containerID}")
+        .unwrap();
+    let id = id.trim_start_matches("containerd://");
+    let dir = std::path::Path::new("/run/agentsandbox/k8s.io/containers").join(id);
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    let spec = std::fs::read_to_string(dir.join("bundle/config.json")).unwrap();
+    assert!(
+        spec.contains("not-for-host-users"),
+        "the spec holds the environment"
+    );
+    assert_eq!(mode(&dir.join("bundle/config.json")), 0o600);
+    assert_eq!(mode(&dir.join("bundle")), 0o700);
+    assert_eq!(
+        mode(&dir.join("mounts")),
+        0o711,
+        "traversable, not listable"
+    );
+    assert_eq!(mode(&dir), 0o711);
+
+    let rootfs = dir.join("rootfs");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let options = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(rootfs.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} is not a mount point", rootfs.display()))
+        .split(' ')
+        .nth(5)
+        .unwrap()
+        .to_string();
+    assert!(
+        options.split(',').any(|o| o == "nosuid") && options.split(',').any(|o| o == "nodev"),
+        "root filesystem mounted {options}"
+    );
+}
+
+#[tokio::test]
+async fn the_node_reports_the_runtimes_features_from_its_info_answer() {
+    let cluster = Cluster::connect().await;
+    let handlers = cluster
+        .kubectl_ok(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[0].status.runtimeHandlers}",
+        ])
+        .unwrap();
+    let handlers: Vec<serde_json::Value> = serde_json::from_str(if handlers.trim().is_empty() {
+        "[]"
+    } else {
+        &handlers
+    })
+    .unwrap();
+    let ours = handlers.iter().find(|h| h["name"] == RUNTIME_CLASS);
+    if containerd_major() < 2 {
+        // containerd 1.x asks runtimes nothing and reports no features.
+        assert!(ours.is_none_or(|h| h["features"]["recursiveReadOnlyMounts"] != true));
+        return;
+    }
+    // containerd 2.x asks the shim (`-info`).
+    let ours = ours.unwrap_or_else(|| panic!("no {RUNTIME_CLASS} handler in {handlers:?}"));
+    assert_eq!(ours["features"]["recursiveReadOnlyMounts"], true, "{ours}");
+    assert_ne!(ours["features"]["userNamespaces"], true, "{ours}");
+}

@@ -1,5 +1,6 @@
 //! The agentsandbox runtime shim (`containerd-shim-agentsandbox-v1`): the shim process
-//! (`service`, started through either of containerd's start protocols: `bootstrap`), containerd's task API as a thin adapter (`task_api`) over the task service
+//! (`service`, started through either of containerd's start protocols: `bootstrap`; what it
+//! tells containerd's `-info` probe: `info`), containerd's task API as a thin adapter (`task_api`) over the task service
 //! (`task`), the per-container state machine (`container`), the pod's resources (`pod`), the
 //! escape response (`response`), all cgroup work (`cgroups`), the single-threaded launcher
 //! that creates and enters containers with libcontainer (`launcher`), the hardening policy
@@ -13,6 +14,7 @@ pub mod console;
 pub mod container;
 pub mod egress;
 pub mod idmap;
+pub mod info;
 pub mod launcher;
 pub mod notify;
 pub mod pod;

@@ -25,6 +25,18 @@ fn main() {
         }
         std::process::exit(run_launcher());
     }
+    if args[1..].iter().any(|a| a == "-info" || a == "--info") {
+        // containerd 2.x's introspection: runtime options on stdin (not needed), the runtime's
+        // info and OCI features on stdout.
+        let mut options = Vec::new();
+        let _ = std::io::stdin().lock().read_to_end(&mut options);
+        let encoded = agentsandbox_shim::info::encode_info(RUNTIME_ID);
+        let written = std::io::stdout()
+            .lock()
+            .write_all(&encoded)
+            .and_then(|_| std::io::stdout().lock().flush());
+        std::process::exit(if written.is_ok() { 0 } else { 1 });
+    }
     // One pod's worth of requests: a single-threaded runtime is plenty (blocking work goes to
     // tokio's blocking pool).
     let runtime = tokio::runtime::Builder::new_current_thread()

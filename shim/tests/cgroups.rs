@@ -168,3 +168,30 @@ fn v2_kill_writes_cgroup_kill_and_says_when_the_kernel_has_none() {
     );
     std::fs::remove_dir_all(root).unwrap();
 }
+
+#[test]
+fn v1_statistics_carry_kernel_memory_swap_and_oom_kills_as_cri_expects() {
+    let root = fixture("stats-v1");
+    let memory = root.join("memory/kubepods/pod1/abc");
+    write(&memory, "memory.stat", "cache 4096\nrss 8192\n");
+    write(&memory, "memory.usage_in_bytes", "12288\n");
+    write(&memory, "memory.kmem.usage_in_bytes", "2048\n");
+    write(&memory, "memory.kmem.tcp.usage_in_bytes", "0\n");
+    write(&memory, "memory.memsw.usage_in_bytes", "16384\n");
+    write(
+        &memory,
+        "memory.oom_control",
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+    );
+    write(&root.join("pids/kubepods/pod1/abc"), "pids.current", "3\n");
+    let cgroup = ContainerCgroup::on("/kubepods/pod1/abc", Hierarchy::V1 { root: root.clone() });
+    let ContainerMetrics::V1(metrics) = cgroup.metrics() else {
+        panic!("v2 metrics from a v1 tree");
+    };
+    assert_eq!(metrics.memory.rss, 8192);
+    assert_eq!(metrics.memory.kernel.usage, 2048);
+    assert_eq!(metrics.memory.swap.usage, 16384);
+    assert_eq!(metrics.memory_oom_control.oom_kill, 2);
+    assert_eq!(metrics.pids.current, 3);
+    std::fs::remove_dir_all(root).unwrap();
+}

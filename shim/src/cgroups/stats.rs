@@ -8,7 +8,7 @@ use super::layout::Hierarchy;
 use super::{key_values, read_u64};
 
 use containerd_shim_protos::cgroups::metrics::{
-    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
+    CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat, Metrics, PidsStat, Throttle,
 };
 
 pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";
@@ -44,6 +44,28 @@ pub fn cgroup_v1_metrics(hierarchy: &Hierarchy, cgroups_path: &str) -> Metrics {
     usage.limit = read_u64(&memory_dir.join("memory.limit_in_bytes"));
     usage.failcnt = read_u64(&memory_dir.join("memory.failcnt"));
     memory.usage = Some(usage).into();
+    // Kernel memory and swap (memsw counts memory plus swap), as runc's shim reports them:
+    // CRI's pod sandbox metrics expect both, and OOM kills from memory.oom_control.
+    let entry = |prefix: &str| {
+        let mut entry = MemoryEntry::new();
+        entry.usage = read_u64(&memory_dir.join(format!("{prefix}.usage_in_bytes")));
+        entry.max = read_u64(&memory_dir.join(format!("{prefix}.max_usage_in_bytes")));
+        entry.limit = read_u64(&memory_dir.join(format!("{prefix}.limit_in_bytes")));
+        entry.failcnt = read_u64(&memory_dir.join(format!("{prefix}.failcnt")));
+        entry
+    };
+    memory.kernel = Some(entry("memory.kmem")).into();
+    memory.kernel_tcp = Some(entry("memory.kmem.tcp")).into();
+    memory.swap = Some(entry("memory.memsw")).into();
+    let mut oom_control = MemoryOomControl::new();
+    for (key, value) in key_values(&memory_dir.join("memory.oom_control")) {
+        match key.as_str() {
+            "oom_kill_disable" => oom_control.oom_kill_disable = value,
+            "under_oom" => oom_control.under_oom = value,
+            "oom_kill" => oom_control.oom_kill = value,
+            _ => {}
+        }
+    }
 
     let cpuacct = dir("cpuacct");
     let mut cpu_usage = CPUUsage::new();
@@ -77,5 +99,6 @@ pub fn cgroup_v1_metrics(hierarchy: &Hierarchy, cgroups_path: &str) -> Metrics {
     metrics.memory = Some(memory).into();
     metrics.cpu = Some(cpu).into();
     metrics.pids = Some(pids).into();
+    metrics.memory_oom_control = Some(oom_control).into();
     metrics
 }

@@ -109,14 +109,24 @@ pub fn mount_rootfs(
     for m in mounts {
         match (m.fs_type.as_str(), idmap) {
             ("overlay", Some(plan)) => mount_idmapped_overlay(m, target, plan)?,
-            ("bind", _) => mount(
-                Some(m.source.as_str()),
-                target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .with_context(|| format!("binding the root filesystem {}", m.source))?,
+            ("bind", _) => {
+                mount(
+                    Some(m.source.as_str()),
+                    target,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .with_context(|| format!("binding the root filesystem {}", m.source))?;
+                mount(
+                    None::<&str>,
+                    target,
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    None::<&str>,
+                )
+                .with_context(|| format!("remounting {} nosuid,nodev", target.display()))?;
+            }
             _ => containerd_shim::mount::mount_rootfs(
                 Some(m.fs_type.as_str()).filter(|t| !t.is_empty()),
                 Some(m.source.as_str()),
@@ -133,14 +143,22 @@ fn mount_idmapped_overlay(m: &RootfsMount, target: &Path, plan: &IdmapPlan) -> R
     let user_namespace: OwnedFd = fs::File::open(&plan.user_namespace)
         .with_context(|| format!("opening {}", plan.user_namespace.display()))?
         .into();
-    fs::create_dir_all(&plan.staging)?;
+    // Traversable, not listable by host users (like the container's state directory).
+    let traversable = |dir: &Path| {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(dir)
+    };
+    traversable(&plan.staging)?;
     let mut options = Vec::new();
     let mut lowers = Vec::new();
     for option in &m.options {
         if let Some(list) = option.strip_prefix("lowerdir=") {
             for (index, layer) in list.split(':').enumerate() {
                 let staged = plan.staging.join(index.to_string());
-                fs::create_dir_all(&staged)?;
+                traversable(&staged)?;
                 idmapped_clone(Path::new(layer), &staged, &user_namespace)?;
                 lowers.push(index.to_string());
             }
@@ -159,11 +177,13 @@ fn mount_idmapped_overlay(m: &RootfsMount, target: &Path, plan: &IdmapPlan) -> R
     }
     let previous = std::env::current_dir()?;
     std::env::set_current_dir(&plan.staging)?;
+    // nosuid, nodev: the host-side view of the sandbox's root never honours a set-id bit or a
+    // device node it made (inside, no_new_privs already does the former).
     let result = mount(
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(options.join(",").as_str()),
     )
     .context("mounting the overlay root filesystem");
@@ -218,9 +238,15 @@ pub fn stage_binds(spec: &mut serde_json::Value, dir: &Path) -> Vec<StagedBind> 
 
 /// Performs [`stage_binds`]' binds (in the launcher, as host root).
 pub fn bind_staged(binds: &[StagedBind]) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     for bind in binds {
         if let Some(parent) = bind.staged.parent() {
-            fs::create_dir_all(parent)?;
+            // Traversable (the container's unprivileged root reaches its binds through here)
+            // but not listable by host users.
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(parent)?;
         }
         let is_dir = fs::metadata(&bind.source)
             .with_context(|| format!("bind mount source {}", bind.source))?

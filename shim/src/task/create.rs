@@ -61,6 +61,30 @@ fn create_traversable_dir(root: &Path, dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Creates `dir` (and missing parents) readable by root only.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Writes `path` readable by root only (0600 from its creation, never briefly wider).
+pub fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(content)
+}
+
 /// The terminal master of a process just launched, attached to its FIFOs.
 pub async fn receive_terminal(
     console: ConsoleSocket,
@@ -223,12 +247,13 @@ impl TaskService {
         let binds = mounts::stage_binds(&mut spec, &state_dir.join("mounts"));
         let cgroup =
             ContainerCgroup::new(spec["linux"]["cgroupsPath"].as_str().unwrap_or_default());
+        // The hardened spec holds the pod's environment (secrets included): root only.
         let my_bundle = state_dir.join("bundle");
-        std::fs::create_dir_all(&my_bundle)
+        private_dir(&my_bundle)
             .and_then(|_| {
-                std::fs::write(
-                    my_bundle.join("config.json"),
-                    serde_json::to_vec(&spec).map_err(std::io::Error::other)?,
+                write_private(
+                    &my_bundle.join("config.json"),
+                    &serde_json::to_vec(&spec).map_err(std::io::Error::other)?,
                 )
             })
             .map_err(internal)?;

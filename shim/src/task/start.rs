@@ -57,7 +57,9 @@ impl TaskService {
                 .state_dir
                 .join(format!("exec-{}.json", req.exec_id))
         };
-        std::fs::write(&path, serde_json::to_vec(&process).map_err(internal)?).map_err(internal)?;
+        // The exec's process spec holds its environment: root only.
+        super::create::write_private(&path, &serde_json::to_vec(&process).map_err(internal)?)
+            .map_err(internal)?;
         let mut exec = Process::new(
             StdioPaths {
                 stdin: req.stdin.clone(),
