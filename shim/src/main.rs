@@ -19,7 +19,7 @@ fn main() {
         // they run from a sealed in-memory copy of the binary, so nothing inside a container
         // can reach the shim's file on the host through /proc/<pid>/exe (CVE-2019-5736).
         // The long-lived shim process never enters a container and runs from the file.
-        if let Err(err) = pentacle::ensure_sealed() {
+        if let Err(err) = ensure_sealed() {
             eprintln!("{RUNTIME_ID}: cannot seal the launcher: {err}");
             std::process::exit(1);
         }
@@ -53,6 +53,25 @@ fn main() {
     runtime.block_on(containerd_shim::asynchronous::run::<Service>(
         RUNTIME_ID, None,
     ));
+}
+
+/// Re-executes the launcher from a sealed in-memory copy. Sealing can fail with EBUSY while
+/// the kernel still holds references to the copy's pages from the splice that filled it
+/// (seen under load in critest); that is transient, so it is retried a few times.
+fn ensure_sealed() -> std::io::Result<()> {
+    let mut attempt = 0u32;
+    loop {
+        // Returns only on failure: on success it executes the sealed copy.
+        let err = match pentacle::ensure_sealed() {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
+        attempt += 1;
+        if err.raw_os_error() != Some(libc::EBUSY) || attempt >= 10 {
+            return Err(err);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempt)));
+    }
 }
 
 /// Answers containerd 2.3's bootstrap `start` here (Some: the exit code); for the older
