@@ -48,7 +48,7 @@ crds: ## regenerate crds/ from the Rust API types
 	cargo run -q --locked -p agentsandbox-operator --bin crdgen > crds/agentsandbox.io_agentsandboxes.yaml
 	cp crds/agentsandbox.io_agentsandboxes.yaml charts/agentsandbox/files/crds/
 
-test-matrix: ## the shim under every containerd of CONTAINERD_MATRIX (e2e/versions.env), each built from the Go module proxy
+test-matrix: ## e2e (cluster, runtime, escapes, installer) on every containerd+Kubernetes of VERSION_MATRIX (e2e/versions.env); needs no cluster up
 	bash e2e/runtime-matrix.sh
 
 critest: ## CRI conformance (cri-tools' critest) of the agentsandbox runtime vs runc, on its own containerd (needs `make up`)

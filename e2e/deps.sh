@@ -33,8 +33,12 @@ install_apt_packages() {
 }
 
 build_kubernetes() {
-  local dir=$E2E_DIR/gomod/kubernetes
-  local out
+  local minor=${KUBE_VERSION#v1.}
+  minor=${minor%%.*}
+  local dir=$E2E_DIR/gomod/kubernetes-v1.$minor out
+  [[ -f $dir/go.mod ]] || die "no wrapper module for Kubernetes $KUBE_VERSION (e2e/gomod/kubernetes-v1.$minor)"
+  grep -q "^require k8s.io/kubernetes $KUBE_VERSION\$" "$dir/go.mod" ||
+    die "e2e/gomod/kubernetes-v1.$minor pins another release than $KUBE_VERSION"
   out=$CACHE/kubernetes-$KUBE_VERSION-$(content_key "$dir")
   KUBERNETES_BIN=$out
   if [[ -x $out/kubelet ]]; then
@@ -42,8 +46,6 @@ build_kubernetes() {
     return
   fi
   step "building kubernetes $KUBE_VERSION from the Go module proxy (cold: ~8 min on 2 cores)"
-  local minor=${KUBE_VERSION#v1.}
-  minor=${minor%%.*}
   local ldflags="-s -w
     -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION
     -X k8s.io/component-base/version.gitMajor=1

@@ -10,13 +10,14 @@ set +e
 leftovers=()
 found() { leftovers+=("$*"); }
 
-# Processes whose executable is one of the harness's binaries, containerd, its shims or runc.
+# Processes whose executable is one of the harness's binaries (cached, or installed into its
+# bin directory, like the agentsandbox shim), containerd, its shims or runc.
 for exe in /proc/[0-9]*/exe; do
   target=$(readlink "$exe" 2>/dev/null) || continue
   pid=${exe#/proc/}
   pid=${pid%/exe}
   case $target in
-    "$CACHE"/* | /usr/bin/containerd | /usr/bin/containerd-shim* | /usr/sbin/runc | /usr/bin/runc)
+    "$CACHE"/* | "$BIN"/* | /usr/bin/containerd | /usr/bin/containerd-shim* | /usr/sbin/runc | /usr/bin/runc)
       found "process $pid: $target $(tr '\0' ' ' <"/proc/$pid/cmdline" | cut -c1-120)"
       ;;
     /memfd:*)

@@ -1,91 +1,111 @@
 #!/usr/bin/env bash
-# `make test-matrix`: the runtime shim against every containerd of the version matrix
-# (CONTAINERD_MATRIX in e2e/versions.env), each built from the Go module proxy and cached like
-# the other artefacts. Per containerd: a private daemon (its own root, state and sockets, no
-# CRI plugin) with this build's shim on its PATH, one container run with `ctr run`, and three
-# checks that fail the row: the shim starts through that containerd's start protocol (2.3+
-# bootstraps it with a protobuf on stdin), the container's root is an unprivileged host uid,
-# and an escape syscall (unshare of a user namespace) is denied.
+# `make test-matrix`: the product on every row of VERSION_MATRIX (e2e/versions.env), each a
+# containerd and a Kubernetes built from the Go module proxy and cached like the default stack.
+# Per row: a real single-node cluster of its own (state in .e2e-matrix/<row>/, started with
+# e2e/up.sh, so the chart's node agent installs the shim into that containerd's configuration),
+# then the e2e tests of the cluster versions, the runtime, the escape telemetry and the
+# installer against it, then `make down` for that cluster and a leftovers check. Prints one
+# table row per stack; a failing row fails the run but the other rows still run.
+#
+# The clusters listen on the same ports as `make up`'s: stop that one first (`make down`).
+# MATRIX_ROWS="v2.3.7" (containerd versions) runs a subset.
 # shellcheck source=e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-MATRIX_STATE=$STATE/matrix
-MATRIX_RUN=$RUN-matrix
-NAMESPACE=agentsandbox-matrix
+MATRIX_DIR=$ROOT/.e2e-matrix
+E2E_TESTS=(cluster runtime escapes telemetry_socket installer)
 
-# config VERSION DIR: a containerd configuration with nothing but what `ctr run` needs.
-config() {
-  local version=$1 dir=$2 schema=3
-  [[ $version == v1.* ]] && schema=2
-  cat <<TOML
-version = $schema
-root = "$MATRIX_STATE/$version/root"
-state = "$dir/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images", "io.containerd.nri.v1.nri"]
-
-[grpc]
-  address = "$dir/containerd.sock"
-
-[ttrpc]
-  address = "$dir/containerd.sock.ttrpc"
-TOML
+# row_env CONTAINERD KUBERNETES: the environment one row's scripts and tests run with.
+row_env() {
+  printf '%s\n' "E2E_STATE=$MATRIX_DIR/containerd-$1" "CONTAINERD_VERSION=$1" "KUBE_VERSION=$2"
 }
 
+# stop_row CONTAINERD KUBERNETES: stop the row's cluster and check it left nothing.
 stop_row() {
-  local version=$1
-  stop_daemon "matrix-containerd-$version"
-  rm -rf "${MATRIX_RUN:?}/$version" "${MATRIX_STATE:?}/$version"
+  local env
+  mapfile -t env < <(row_env "$1" "$2")
+  env "${env[@]}" "$E2E_DIR/down.sh" >>"$MATRIX_DIR/logs/$1.log" 2>&1
+  env "${env[@]}" "$E2E_DIR/leftovers.sh" >>"$MATRIX_DIR/logs/$1.log" 2>&1
 }
 
-# run_row VERSION: prints "start uid denied" outcomes; returns non-zero when one fails.
+# test_result LOG: "passed/total" of one cargo test binary's summary line, "no result" if none.
+test_result() {
+  awk '/^test result:/ {
+    for (i = 1; i <= NF; i++) { if ($(i + 1) ~ /^passed/) p = $i; if ($(i + 1) ~ /^failed/) f = $i }
+    found = 1 }
+    END { if (found) printf "%d/%d", p, p + f; else printf "no result" }' "$1"
+}
+
+# run_row CONTAINERD KUBERNETES: prints the row's table line; returns non-zero when any part fails.
 run_row() {
-  local version=$1 bin dir
-  bin=$(containerd_dir "$version")
-  dir=$MATRIX_RUN/$version
-  mkdir -p "$dir" "$MATRIX_STATE/$version"
-  config "$version" "$dir" >"$MATRIX_STATE/$version/config.toml"
-  PATH=$ROOT/target/release:$PATH start_daemon "matrix-containerd-$version" \
-    "$bin/containerd" --config "$MATRIX_STATE/$version/config.toml"
-  local ctr=("$bin/ctr" -a "$dir/containerd.sock" -n "$NAMESPACE")
-  wait_for "containerd $version" 60 "${ctr[@]}" version || return 1
-  local archive image
-  archive=$(grep /busybox- "$STATE/image-archives")
-  image=$("${ctr[@]}" images import "$archive" | awk '/^unpacking/ {print $2; exit}')
-  [[ -n $image ]] || image=$("${ctr[@]}" images ls -q | head -n 1)
-  local output rc=0
-  output=$(timeout 120 "${ctr[@]}" run --rm --runtime io.containerd.agentsandbox.v1 "$image" \
-    "matrix-$$" sh -c 'cat /proc/self/uid_map; unshare -U true 2>&1; echo "unshare-exit=$?"' 2>&1) || rc=$?
-  printf '%s\n' "$output" >"$LOGS/matrix-$version.log"
-  local host_uid started=fail uid=fail denied=fail
-  host_uid=$(awk '$1 == 0 {print $2; exit}' <<<"$output")
-  ((rc == 0)) && [[ -n $host_uid ]] && started=ok
-  [[ -n $host_uid ]] && ((host_uid >= 100000)) && uid="ok ($host_uid)"
-  grep -q 'unshare-exit=[1-9]' <<<"$output" && grep -qi 'not permitted' <<<"$output" && denied=ok
-  printf '| containerd %s | %s | %s | %s |\n' "$version" "$started" "$uid" "$denied"
-  [[ $started == ok && $uid == ok* && $denied == ok ]]
+  local containerd=$1 kube=$2 env log=$MATRIX_DIR/logs/$1.log ok=0
+  mapfile -t env < <(row_env "$containerd" "$kube")
+  : >"$log"
+  local cells=("containerd $containerd" "Kubernetes $kube")
+  if env "${env[@]}" "$E2E_DIR/up.sh" >>"$log" 2>&1; then
+    local node
+    node=$(env "${env[@]}" bash -c "source '$E2E_DIR/lib.sh'; kubectl_admin get nodes \
+      -o jsonpath='{.items[0].status.nodeInfo.kubeletVersion} {.items[0].status.nodeInfo.containerRuntimeVersion}'")
+    cells+=("up: $node")
+    local t out
+    for t in "${E2E_TESTS[@]}"; do
+      out=$MATRIX_DIR/logs/$containerd-$t.log
+      if env "${env[@]}" cargo test -q --locked -p agentsandbox-e2e --test "$t" -- --test-threads=2 >"$out" 2>&1; then
+        cells+=("ok $(test_result "$out")")
+      else
+        cells+=("FAILED $(test_result "$out")")
+        ok=1
+      fi
+    done
+  else
+    cells+=("FAILED to start (see $log)")
+    ok=1
+  fi
+  stop_row "$containerd" "$kube" || {
+    cells+=("leftovers after make down")
+    ok=1
+  }
+  local line="|" c
+  for c in "${cells[@]}"; do line+=" $c |"; done
+  printf '%s\n' "$line"
+  return "$ok"
 }
 
 main() {
-  [[ $(id -u) == 0 ]] || die "the matrix runs containerd daemons: run it as root"
-  "$E2E_DIR/deps.sh"
-  build_release_binaries
-  local version failed=()
-  for version in $CONTAINERD_MATRIX; do
-    build_containerd "$version"
+  [[ $(id -u) == 0 ]] || die "the matrix runs clusters: run it as root"
+  cluster_is_up && die "the local cluster ($STATE) is running on the ports the matrix needs: make down first"
+  mkdir -p "$MATRIX_DIR/logs"
+  local rows=() row containerd kube
+  for row in $VERSION_MATRIX; do
+    containerd=${row%%:*}
+    [[ -z ${MATRIX_ROWS:-} || " $MATRIX_ROWS " == *" $containerd "* ]] && rows+=("$row")
   done
-  local table=("| containerd | shim starts (ctr run) | root is an unprivileged host uid | unshare(CLONE_NEWUSER) denied |" "|---|---|---|---|")
-  for version in $CONTAINERD_MATRIX; do
-    local row
-    trap 'stop_row "$version"' EXIT
-    row=$(run_row "$version") || failed+=("$version")
-    stop_row "$version"
+  ((${#rows[@]})) || die "no row of VERSION_MATRIX ($VERSION_MATRIX) matches MATRIX_ROWS=$MATRIX_ROWS"
+  # Build every row's stack first, so a build failure shows before any cluster starts.
+  for row in "${rows[@]}"; do
+    env CONTAINERD_VERSION="${row%%:*}" KUBE_VERSION="${row##*:}" E2E_STATE="$MATRIX_DIR/containerd-${row%%:*}" \
+      "$E2E_DIR/deps.sh"
+  done
+  cargo test --no-run -q --locked -p agentsandbox-e2e
+  local header="| containerd | Kubernetes | cluster (kubelet, runtime) |" sep="|---|---|---|" t
+  for t in "${E2E_TESTS[@]}"; do
+    header+=" e2e $t |"
+    sep+="---|"
+  done
+  local table=("$header" "$sep") failed=()
+  for row in "${rows[@]}"; do
+    containerd=${row%%:*}
+    kube=${row##*:}
+    step "row: containerd $containerd, Kubernetes $kube (log $MATRIX_DIR/logs/$containerd.log)"
+    trap 'stop_row "$containerd" "$kube"' EXIT
+    row=$(run_row "$containerd" "$kube") || failed+=("$containerd")
     trap - EXIT
     table+=("$row")
-    step "containerd $version: ${row:-failed to start} (log $LOGS/matrix-$version.log)"
+    step "$row"
   done
-  printf '%s\n' "${table[@]}"
-  ((${#failed[@]} == 0)) || die "rows failing: ${failed[*]}"
-  step "every containerd of the matrix runs the shim"
+  printf '%s\n' "${table[@]}" | tee "$MATRIX_DIR/result.md"
+  ((${#failed[@]} == 0)) || die "rows failing: ${failed[*]} (logs in $MATRIX_DIR/logs)"
+  step "every row of the matrix passes"
 }
 
 main "$@"

@@ -45,8 +45,25 @@ async fn node_is_ready_and_runs_the_kubernetes_and_containerd_versions_the_harne
     let server = cluster.client.apiserver_version().await.unwrap();
     assert_eq!(server.git_version, expected, "kube-apiserver version");
 
+    // The kubelet reports "Unknown" while the runtime does not answer (make up restarts
+    // containerd once the node agent installed the runtime) until its next status update.
     let nodes: Api<Node> = Api::all(cluster.client.clone());
-    let nodes = nodes.list(&ListParams::default()).await.unwrap().items;
+    let nodes = agentsandbox_e2e::wait_until(
+        "the node's runtime version reported",
+        std::time::Duration::from_secs(90),
+        || async {
+            let nodes = nodes.list(&ListParams::default()).await.ok()?.items;
+            let known = nodes.iter().all(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.node_info.as_ref())
+                    .is_some_and(|i| !i.container_runtime_version.ends_with("://Unknown"))
+            });
+            known.then_some(nodes)
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(nodes.len(), 1, "a single-node cluster");
     let status = nodes[0].status.as_ref().unwrap();
     let info = status.node_info.as_ref().unwrap();

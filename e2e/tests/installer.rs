@@ -30,36 +30,45 @@ async fn the_node_agent_installs_the_runtime_once_and_a_rerun_changes_nothing() 
         std::fs::read(repo_root().join("target/release/containerd-shim-agentsandbox-v1")).unwrap();
     assert!(installed == built, "the installed shim is this build's");
 
-    let config_path = state_dir().join("containerd/conf.d/agentsandbox.toml");
-    let config = std::fs::read_to_string(&config_path).expect("the drop-in in conf.d");
+    // containerd 2.x: a drop-in in the imports directory (configuration version 3), the node's
+    // own file untouched. containerd 1.x (version 2, where CRI is one plugin) replaces a whole
+    // plugin section with an imported one, so there the block goes into the file itself, the
+    // original kept once as a backup.
+    let main_path = state_dir().join("containerd/config.toml");
+    let backup = state_dir().join("containerd/config.toml.agentsandbox.bak");
+    let drop_in_path = state_dir().join("containerd/conf.d/agentsandbox.toml");
+    let (config_path, schema, plugin) = if containerd_major() >= 2 {
+        (drop_in_path.clone(), 3, "io.containerd.cri.v1.runtime")
+    } else {
+        (main_path.clone(), 2, "io.containerd.grpc.v1.cri")
+    };
+    let config = std::fs::read_to_string(&config_path).expect("the runtime stanza's file");
     assert_eq!(
         config.matches("# BEGIN agentsandbox runtime").count(),
         1,
         "{config}"
     );
-    // containerd 1.x reads configuration version 2, where CRI is one plugin; 2.x version 3.
-    let (schema, plugin) = if containerd_major() >= 2 {
-        (3, "io.containerd.cri.v1.runtime")
-    } else {
-        (2, "io.containerd.grpc.v1.cri")
-    };
     assert!(
-        config.starts_with(&format!("version = {schema}\n")),
+        config.starts_with(&format!("version = {schema}\n"))
+            || config.contains(&format!("\nversion = {schema}\n")),
         "{config}"
     );
     let stanza = format!(
         "[plugins.\"{plugin}\".containerd.runtimes.agentsandbox]\n  runtime_type = \"io.containerd.agentsandbox.v1\""
     );
     assert_eq!(config.matches(&stanza).count(), 1, "{config}");
-    // The node's own configuration is never edited (so there is nothing to back up).
-    let main_config = std::fs::read_to_string(state_dir().join("containerd/config.toml")).unwrap();
-    assert!(
-        !main_config.contains("# BEGIN agentsandbox runtime"),
-        "{main_config}"
-    );
-    assert!(!state_dir()
-        .join("containerd/config.toml.agentsandbox.bak")
-        .exists());
+    if containerd_major() >= 2 {
+        // The node's own configuration is never edited (so there is nothing to back up).
+        let main_config = std::fs::read_to_string(&main_path).unwrap();
+        assert!(
+            !main_config.contains("# BEGIN agentsandbox runtime"),
+            "{main_config}"
+        );
+        assert!(!backup.exists());
+    } else {
+        assert!(!drop_in_path.exists(), "no drop-in for containerd 1.x");
+        assert!(backup.exists(), "the original configuration kept");
+    }
     let modified = std::fs::metadata(&config_path).unwrap().modified().unwrap();
 
     // A new node agent pod runs the installer again: nothing changes, nothing restarts.

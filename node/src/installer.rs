@@ -113,7 +113,14 @@ pub fn import_dir(config: &str) -> Option<PathBuf> {
 /// Where the runtime stanza goes: a drop-in file when the configuration imports a directory
 /// below its own (`host_dir`, the configuration's directory on the node, is what is mounted
 /// here as `mounted_dir`), so the node's own file is never edited; else the file itself.
+/// Only containerd 2.x (configuration version 3 and up) merges an imported plugin section
+/// into the main one: containerd 1.x replaces the whole section with the imported one, so a
+/// drop-in with only the runtime would drop every other CRI setting (its default runtime
+/// included; the version matrix found this). Version 2 configurations are edited in place.
 pub fn stanza_target(config: &str, host_dir: &Path, mounted_dir: &Path) -> Option<PathBuf> {
+    if config_version(config) < 3 {
+        return None;
+    }
     let dir = import_dir(config)?;
     let relative = dir.strip_prefix(host_dir).ok()?;
     Some(mounted_dir.join(relative).join(DROP_IN_NAME))

@@ -151,3 +151,34 @@ fn imports_outside_the_mounted_directory_fall_back_to_the_file_itself() {
         .contains("io.containerd.cri.v1.runtime\".containerd.runtimes.agentsandbox]"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// containerd 1.x replaces a whole plugin section with an imported one: a drop-in holding only
+/// the runtime would wipe the node's CRI settings (found by the version matrix on 1.7.32: "no
+/// corresponding runtime configured ... for default_runtime_name"). Version 2 configurations
+/// are therefore edited in place even when they import a directory.
+#[test]
+fn a_containerd_1x_configuration_with_imports_is_edited_in_place_not_given_a_drop_in() {
+    let dir = scratch("v2-imports");
+    let config = dir.join("config.toml");
+    let original = format!(
+        "version = 2\nimports = [\"{}/conf.d/*.toml\"]\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n",
+        dir.display()
+    );
+    std::fs::write(&config, &original).unwrap();
+    assert!(install_config(&config, &dir, "agentsandbox").unwrap());
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        written.contains("default_runtime_name = \"runc\""),
+        "{written}"
+    );
+    assert!(
+        written
+            .contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.agentsandbox]"),
+        "{written}"
+    );
+    assert!(
+        !dir.join("conf.d").join(DROP_IN_NAME).exists(),
+        "no drop-in for 1.x"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,6 +2,6 @@
 // crictl version from the Go module proxy.
 module agentsandbox.io/e2e/critest
 
-go 1.26.0
+go 1.26.6
 
-require sigs.k8s.io/cri-tools v1.34.0
+require sigs.k8s.io/cri-tools v1.37.0
