@@ -269,10 +269,11 @@ async fn exec_logs_exit_codes_and_delete_work_and_leave_nothing_behind() {
             "--timeout=60s",
         ])
         .unwrap();
-    // The kubelet removes the pod sandbox shortly after the API object is gone.
+    // The kubelet removes the pod sandbox after the API object is gone, at its next garbage
+    // collection (once a minute): two periods.
     wait_until_sync(
         "the pod sandbox to be removed",
-        Duration::from_secs(60),
+        Duration::from_secs(130),
         || {
             let left = crictl(&["pods", "-q", "--id", &sandbox_id]).ok()?;
             left.trim().is_empty().then_some(())
@@ -497,7 +498,12 @@ async fn terminals_work_for_tty_pods_and_for_kubectl_exec_t() {
         .output()
         .expect("script runs");
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.trim().starts_with("/dev/pts/"), "exec tty: {text:?}");
+    assert!(
+        text.trim().starts_with("/dev/pts/"),
+        "exec tty: {text:?} (exit {:?}, stderr {:?})",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test]
