@@ -63,6 +63,24 @@ fn namespace(labels: Value) -> Answer {
     )
 }
 
+/// A new sandbox in a namespace labelled `labels`: no pod yet, its policy, the pod created,
+/// the status written.
+fn pod_created(sandbox: &AgentSandbox, labels: Value) -> Vec<Answer> {
+    let mut script = vec![
+        namespace(labels),
+        answer(Method::GET, "/pods/coder", 404, not_found()),
+    ];
+    script.extend(policy_and_no_service());
+    script.push(answer(
+        Method::POST,
+        "/namespaces/agents/pods",
+        201,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "coder", "namespace": "agents", "uid": "pod-1"}}),
+    ));
+    script.push(status_write(sandbox));
+    script
+}
+
 /// The status write that ends every apply.
 fn status_write(sandbox: &AgentSandbox) -> Answer {
     answer(
@@ -186,19 +204,7 @@ fn event_reasons(seen: &[Seen]) -> Vec<String> {
 #[tokio::test]
 async fn a_new_sandbox_gets_its_policy_then_a_hardened_pod_then_a_pending_status() {
     let s = sandbox(json!({"image": "agent:1"}));
-    let mut script = vec![
-        namespace(json!({})),
-        answer(Method::GET, "/pods/coder", 404, not_found()),
-    ];
-    script.extend(policy_and_no_service());
-    script.push(answer(
-        Method::POST,
-        "/namespaces/agents/pods",
-        201,
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "coder", "namespace": "agents", "uid": "pod-1"}}),
-    ));
-    script.push(status_write(&s));
-    let (client, api) = mock_api(script);
+    let (client, api) = mock_api(pod_created(&s, json!({})));
     reconcile(Arc::new(s), context(client)).await.unwrap();
     let seen = api.finish().await;
 
@@ -391,19 +397,10 @@ async fn a_pod_the_api_server_refuses_is_reported_on_the_sandbox_with_one_warnin
 #[tokio::test]
 async fn a_restricted_namespace_gets_a_non_root_pod() {
     let s = sandbox(json!({"image": "agent:1", "isolation": {"profile": "Standard"}}));
-    let mut script = vec![
-        namespace(json!({"pod-security.kubernetes.io/enforce": "restricted"})),
-        answer(Method::GET, "/pods/coder", 404, not_found()),
-    ];
-    script.extend(policy_and_no_service());
-    script.push(answer(
-        Method::POST,
-        "/namespaces/agents/pods",
-        201,
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "coder", "namespace": "agents", "uid": "pod-1"}}),
+    let (client, api) = mock_api(pod_created(
+        &s,
+        json!({"pod-security.kubernetes.io/enforce": "restricted"}),
     ));
-    script.push(status_write(&s));
-    let (client, api) = mock_api(script);
     reconcile(Arc::new(s), context(client)).await.unwrap();
     let seen = api.finish().await;
     let created = &seen_with(&seen, Method::POST, "/pods")[0].body;
