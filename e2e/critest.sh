@@ -36,13 +36,11 @@ EXPECTED_REFUSALS=(
   # those specs ("no runtime handler found which supports user namespaces"); see the README
   # on hostUsers: false.
   'UserNamespaces'
-  # The sandbox's root is an unprivileged host uid: host directories only host root may read
-  # or write (the suite's hostPath volumes are 0700 root) stay closed to it. Volumes are not
-  # idmapped on purpose (a writable idmapped host directory lets the sandbox create files
-  # owned by host root). The read-only mount specs write into a root-owned host tmpfs: the
-  # sandbox's root gets EACCES before the kernel would answer EROFS (the other recursive
-  # specs that refuse rro with propagation pass, since the shim's -info offers rro; that the
-  # mount is recursively read-only is not shown by this suite here).
+  # A container bind-mounts only its own pod's host paths (the kubelet's pod directory,
+  # containerd's directories of its sandbox and container): the suite's volume and read-only
+  # mount specs bind directories under /tmp, refused like any hostPath volume (the other
+  # recursive specs that refuse rro with propagation pass, since the shim's -info offers rro;
+  # that /sys is recursively read-only is shown by the e2e battery instead).
   'starting container with volume|readonly mounts should support (non-)?recursive readonly mounts'
 )
 

@@ -57,19 +57,25 @@ named_enum! {
     pub enum Category {
         // unshare/setns/clone with namespace flags.
         Namespace => "namespace",
-        // mount, the new mount API, pivot_root.
+        // mount, the new mount API, pivot_root, chroot, listmount/statmount.
         Mount => "mount",
         // ptrace, process_vm_*, kcmp, pidfd_getfd.
         Ptrace => "ptrace",
         Bpf => "bpf",
-        // Module load, kexec, perf, reboot, swap, port I/O.
+        // Module load, kexec, perf, reboot, swap, port I/O, the kernel log, accounting,
+        // clock setting, personality changes (ASLR off), vmsplice, fanotify, quotas.
         Kernel => "kernel",
         // keyctl, add_key, request_key.
         Keyring => "keyring",
-        // open_by_handle_at (the "shocker" escape).
+        // open_by_handle_at (the "shocker" escape), name_to_handle_at.
         FsHandle => "fs-handle",
         Userfaultfd => "userfaultfd",
         IoUring => "io_uring",
+        // Socket families beyond UNIX/INET/INET6/NETLINK (AF_VSOCK, AF_ALG, AF_PACKET, ...),
+        // raw sockets, firewall table writes.
+        Network => "network",
+        // Installing a seccomp filter of one's own (it could silence the runtime's tripwire).
+        Seccomp => "seccomp",
         // Anything the runtime could not name.
         Other => "other",
     }

@@ -1,22 +1,36 @@
 /* agentsandbox-attack: tries escape techniques a compromised agent would use and prints one
  * line per technique: "<technique> <syscall> <outcome>", outcome being "ALLOWED" when the call
- * succeeded or the errno name when it failed. Every attempt is harmless when it succeeds
- * (nothing is loaded, written to the host, or left behind). Exit status 0 always: the outcome
+ * succeeded, the errno name when it failed, "MASKED" when a host file was replaced by an
+ * empty device, or the signal ("SIGSYS") that killed the attempt. Every attempt is harmless
+ * when it succeeds (nothing is loaded, written to the host, or left behind). Exit status 0 always: the outcome
  * is in the output. The last line is "done <unix-ns>", when the last attempt returned.
  * Usage: agentsandbox-attack [technique ...]      (default: all techniques)
  *        agentsandbox-attack flood N INTERVAL_US   N unshare(CLONE_NEWUSER) attempts, paced;
  *                                                  prints "flood N denied D" and then waits
  *        agentsandbox-attack paced N INTERVAL_MS   prints "attempt K <unix-ns>" before each
  *                                                  attempt, then waits
+ *        agentsandbox-attack flood-threads T S     T threads of unshare(CLONE_NEWUSER) for S
+ *                                                  seconds; prints the total attempts, waits
  *        agentsandbox-attack cost N                ns per call of a notified syscall
- *                                                  (unshare) vs an errno-only one (acct) */
+ *                                                  (unshare) vs an errno-only one (mbind) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/bpf.h>
 #include <linux/io_uring.h>
 #include <linux/keyctl.h>
+#include <linux/filter.h>
 #include <linux/perf_event.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <sys/klog.h>
+#include <sys/personality.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/sysmacros.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -45,6 +59,9 @@ static const char *errname(int e) {
   case ENOTDIR: return "ENOTDIR";
   case ESRCH: return "ESRCH";
   case EOPNOTSUPP: return "EOPNOTSUPP";
+  case EAFNOSUPPORT: return "EAFNOSUPPORT";
+  case EBUSY: return "EBUSY";
+  case ENOPROTOOPT: return "ENOPROTOOPT";
   default: {
     static char buf[32];
     snprintf(buf, sizeof buf, "errno%d", e);
@@ -184,6 +201,165 @@ static void t_proc_self_exe(void) {
   if (rc >= 0) close(rc);
 }
 
+static void report_outcome(const char *technique, const char *syscall_name, const char *outcome) {
+  printf("%s %s %s\n", technique, syscall_name, outcome);
+  fflush(stdout);
+}
+
+static void t_socket(const char *technique, int family, int type, int protocol) {
+  long rc = socket(family, type, protocol);
+  report(technique, "socket", rc);
+  if (rc >= 0) close(rc);
+}
+static void t_vsock(void) { t_socket("socket-vsock-to-host", 40 /* AF_VSOCK */, SOCK_STREAM, 0); }
+static void t_alg(void) { t_socket("socket-kernel-crypto-alg", 38 /* AF_ALG */, SOCK_SEQPACKET, 0); }
+static void t_raw(void) { t_socket("raw-socket", AF_INET, SOCK_RAW, IPPROTO_ICMP); }
+static void t_packet(void) { t_socket("packet-socket", 17 /* AF_PACKET */, SOCK_RAW, 0); }
+static void t_firewall(void) {
+  /* iptables' table replacement (IPT_SO_SET_REPLACE) on the pod's netns: a bogus, short
+   * table that the kernel would reject after the permission check anyway. */
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  char table[64];
+  memset(table, 0, sizeof table);
+  report("firewall-flush", "setsockopt", setsockopt(fd, IPPROTO_IP, 64, table, sizeof table));
+  close(fd);
+}
+
+/* Runs fn in a grandchild and reports how it ended: its errno (exit code), ALLOWED (exit 0)
+ * or the signal that killed it. For calls that may kill the caller (wrong-ABI syscalls). */
+static void in_grandchild(const char *technique, const char *syscall_name, int (*fn)(void)) {
+  pid_t pid = fork();
+  if (pid == 0) _exit(fn());
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (WIFSIGNALED(status)) {
+    report_outcome(technique, syscall_name, WTERMSIG(status) == SIGSYS ? "SIGSYS" : strsignal(WTERMSIG(status)));
+  } else if (WEXITSTATUS(status) == 0) {
+    report_outcome(technique, syscall_name, "ALLOWED");
+  } else {
+    report_outcome(technique, syscall_name, errname(WEXITSTATUS(status)));
+  }
+}
+static int i386_getpid(void) {
+#if defined(__x86_64__)
+  long ret;
+  /* The 32-bit ABI from 64-bit code: eax=20 is getpid on i386 (and not on x86_64). */
+  __asm__ volatile("int $0x80" : "=a"(ret) : "a"(20L) : "memory", "rcx", "r11");
+  return ret < 0 ? (int)-ret : 0;
+#else
+  return ENOSYS;
+#endif
+}
+static void t_int80(void) { in_grandchild("i386-int80-syscall", "int80", i386_getpid); }
+static int x32_getpid(void) {
+  long rc = syscall(0x40000000L | 39L);
+  return rc < 0 ? errno : 0;
+}
+static void t_x32(void) { in_grandchild("x32-abi-syscall", "x32", x32_getpid); }
+static void t_pidfd_getfd(void) {
+  pid_t pid = sleeper();
+  int pidfd = syscall(SYS_pidfd_open, pid, 0);
+  long rc = syscall(SYS_pidfd_getfd, pidfd, 0, 0);
+  report("steal-fd-pidfd-getfd", "pidfd_getfd", rc);
+  if (rc >= 0) close(rc);
+  close(pidfd);
+  reap(pid);
+}
+/* A filter that allows everything: harmless if installed, and with a listener it would take
+ * the runtime's place; with ERRNO actions it would silence the runtime's notifications. */
+static struct sock_filter allow_all[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+static struct sock_fprog allow_prog = {1, allow_all};
+static void t_listener(void) {
+  long rc = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &allow_prog);
+  report("seccomp-listener-hijack", "seccomp", rc);
+  if (rc >= 0) close(rc);
+}
+static void t_stack_filter(void) {
+  report("silence-tripwire-filter", "prctl", prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &allow_prog, 0, 0));
+}
+static void t_chroot(void) { report("chroot", "chroot", chroot("/tmp")); }
+static void t_name_to_handle(void) {
+  struct {
+    unsigned int handle_bytes;
+    int handle_type;
+    unsigned char f_handle[128];
+  } handle = {128, 0, {0}};
+  int mount_id;
+  report("name-to-handle", "name_to_handle_at", syscall(SYS_name_to_handle_at, AT_FDCWD, "/", &handle, &mount_id, 0));
+}
+static void t_vmsplice(void) {
+  int fds[2];
+  static char page[64] = "x";
+  if (pipe(fds) != 0) return;
+  struct iovec iov = {page, sizeof page};
+  report("vmsplice-page-into-pipe", "vmsplice", syscall(SYS_vmsplice, fds[1], &iov, 1, 0));
+  close(fds[0]);
+  close(fds[1]);
+}
+static void t_personality(void) {
+  report("personality-aslr-off", "personality", personality(ADDR_NO_RANDOMIZE));
+}
+static void t_syslog(void) {
+  char buf[64];
+  report("read-kernel-log", "syslog", klogctl(3 /* SYSLOG_ACTION_READ_ALL */, buf, sizeof buf));
+}
+static void t_clone3(void) {
+  struct clone_args args;
+  memset(&args, 0, sizeof args);
+  args.flags = CLONE_NEWUSER;
+  args.exit_signal = SIGCHLD;
+  long rc = syscall(SYS_clone3, &args, sizeof args);
+  if (rc == 0) _exit(0);
+  if (rc > 0) waitpid(rc, NULL, 0);
+  report("clone3-new-user-ns", "clone3", rc);
+}
+/* A host file read or written through a path the runtime may have masked (an empty device
+ * over it): MASKED, or what the kernel answered. Writes put back what was read (harmless). */
+static int masked(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3);
+}
+static void t_kcore(void) {
+  int fd = open("/proc/kcore", O_RDONLY);
+  if (fd < 0) return report("read-kcore", "open", -1);
+  char byte;
+  if (masked(fd)) report_outcome("read-kcore", "read", "MASKED");
+  else report("read-kcore", "read", read(fd, &byte, 1) > 0 ? 0 : -1);
+  close(fd);
+}
+static void t_uevent_helper(void) {
+  /* The kernel runs uevent_helper as host root on the next uevent. */
+  char old[256] = "";
+  int fd = open("/sys/kernel/uevent_helper", O_RDONLY);
+  if (fd >= 0) {
+    ssize_t n = read(fd, old, sizeof old - 1);
+    old[n > 0 ? n : 0] = 0;
+    close(fd);
+  }
+  if (!old[0]) strcpy(old, "\n");
+  fd = open("/sys/kernel/uevent_helper", O_WRONLY);
+  if (fd < 0) return report("write-uevent-helper", "open", -1);
+  if (masked(fd)) report_outcome("write-uevent-helper", "write", "MASKED");
+  else report("write-uevent-helper", "write", write(fd, old, strlen(old)));
+  close(fd);
+}
+static void t_sys_submount(void) {
+  /* Every mount at or below /sys must be read-only (tracefs, bpffs, configfs, ... too). */
+  FILE *f = fopen("/proc/self/mountinfo", "r");
+  char line[1024], where[512], options[512];
+  const char *outcome = "EROFS";
+  while (f && fgets(line, sizeof line, f)) {
+    if (sscanf(line, "%*s %*s %*s %*s %511s %511s", where, options) != 2) continue;
+    if (strncmp(where, "/sys", 4) != 0 || (where[4] != 0 && where[4] != '/')) continue;
+    if (strncmp(options, "ro", 2) != 0 || (options[2] != 0 && options[2] != ',')) {
+      outcome = "ALLOWED";
+      fprintf(stderr, "writable: %s %s\n", where, options);
+    }
+  }
+  if (f) fclose(f);
+  report_outcome("writable-sys-submount", "mountinfo", outcome);
+}
+
 struct technique {
   const char *name;
   void (*run)(void);
@@ -210,6 +386,25 @@ static const struct technique techniques[] = {
     {"new-mount-api", t_fsopen},
     {"write-sysrq-trigger", t_sysrq},
     {"overwrite-proc-self-exe", t_proc_self_exe},
+    {"socket-vsock-to-host", t_vsock},
+    {"socket-kernel-crypto-alg", t_alg},
+    {"raw-socket", t_raw},
+    {"packet-socket", t_packet},
+    {"firewall-flush", t_firewall},
+    {"i386-int80-syscall", t_int80},
+    {"x32-abi-syscall", t_x32},
+    {"steal-fd-pidfd-getfd", t_pidfd_getfd},
+    {"seccomp-listener-hijack", t_listener},
+    {"silence-tripwire-filter", t_stack_filter},
+    {"chroot", t_chroot},
+    {"name-to-handle", t_name_to_handle},
+    {"vmsplice-page-into-pipe", t_vmsplice},
+    {"personality-aslr-off", t_personality},
+    {"read-kernel-log", t_syslog},
+    {"clone3-new-user-ns", t_clone3},
+    {"read-kcore", t_kcore},
+    {"write-uevent-helper", t_uevent_helper},
+    {"writable-sys-submount", t_sys_submount},
 };
 
 static long long now_ns(void) {
@@ -241,6 +436,39 @@ static int flood(long count, long interval_us) {
   return 0;
 }
 
+/* flood-threads: THREADS threads looping on a denied, notified call for SECONDS (each thread
+ * also stops after FLOOD_MAX_PER_THREAD attempts). */
+#define FLOOD_MAX_PER_THREAD 20000000L
+static long long flood_deadline;
+static void *flood_thread(void *counter) {
+  long n = 0;
+  while (n < FLOOD_MAX_PER_THREAD && mono_ns() < flood_deadline) {
+    unshare(CLONE_NEWUSER);
+    n++;
+  }
+  *(long *)counter = n;
+  return NULL;
+}
+static int flood_threads(long threads, long seconds) {
+  if (threads < 1 || threads > 1024 || seconds < 1 || seconds > 600) return 2;
+  pthread_t *ids = calloc(threads, sizeof *ids);
+  long *counts = calloc(threads, sizeof *counts);
+  flood_deadline = mono_ns() + seconds * 1000000000LL;
+  long started = 0;
+  for (long i = 0; i < threads; i++)
+    if (pthread_create(&ids[i], NULL, flood_thread, &counts[i]) == 0) started++;
+    else break;
+  long total = 0;
+  for (long i = 0; i < started; i++) {
+    pthread_join(ids[i], NULL);
+    total += counts[i];
+  }
+  printf("flood-threads threads %ld seconds %ld attempts %ld\n", started, seconds, total);
+  printf("done %lld\n", now_ns());
+  wait_forever();
+  return 0;
+}
+
 static int paced(long count, long interval_ms) {
   for (long i = 1; i <= count; i++) {
     printf("attempt %ld %lld\n", i, now_ns());
@@ -258,7 +486,7 @@ static int cost(long count) {
   for (long i = 0; i < count; i++) unshare(CLONE_NEWUSER);
   long long notified = mono_ns() - start;
   start = mono_ns();
-  for (long i = 0; i < count; i++) syscall(SYS_acct, NULL);
+  for (long i = 0; i < count; i++) syscall(SYS_mbind, 0, 0, 0, 0, 0, 0);
   long long errno_only = mono_ns() - start;
   printf("cost calls %ld notified_ns %lld errno_ns %lld\n", count, notified / count, errno_only / count);
   printf("done %lld\n", now_ns());
@@ -272,6 +500,7 @@ int main(int argc, char **argv) {
   if (argc == 4 && strcmp(argv[1], "flood") == 0) return flood(atol(argv[2]), atol(argv[3]));
   if (argc == 4 && strcmp(argv[1], "paced") == 0) return paced(atol(argv[2]), atol(argv[3]));
   if (argc == 3 && strcmp(argv[1], "cost") == 0) return cost(atol(argv[2]));
+  if (argc == 4 && strcmp(argv[1], "flood-threads") == 0) return flood_threads(atol(argv[2]), atol(argv[3]));
   for (size_t i = 0; i < n; i++) {
     int wanted = argc < 2;
     for (int a = 1; a < argc; a++)

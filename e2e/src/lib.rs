@@ -626,6 +626,19 @@ pub fn runtime_pod(
 }
 
 impl Cluster {
+    /// An idle busybox pod `name` under the agentsandbox RuntimeClass, Ready.
+    pub fn idle_sandboxed_pod(&self, namespace: &str, name: &str) {
+        self.apply(&runtime_pod(
+            namespace,
+            name,
+            Some(RUNTIME_CLASS),
+            &busybox_image(),
+            IDLE_LOOP,
+        ))
+        .unwrap();
+        self.wait_pod(namespace, name, "condition=Ready").unwrap();
+    }
+
     /// Waits for `kubectl wait --for=<condition>` on a pod.
     pub fn wait_pod(&self, namespace: &str, pod: &str, condition: &str) -> Result<()> {
         self.kubectl_ok(&[

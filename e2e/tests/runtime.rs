@@ -28,6 +28,19 @@ const MUST_BE_EPERM: &[&str] = &[
     "io-uring-setup",
     "load-kernel-module",
     "open-by-handle-shocker",
+    "socket-vsock-to-host",
+    "socket-kernel-crypto-alg",
+    "raw-socket",
+    "packet-socket",
+    "firewall-flush",
+    "steal-fd-pidfd-getfd",
+    "seccomp-listener-hijack",
+    "silence-tripwire-filter",
+    "chroot",
+    "name-to-handle",
+    "vmsplice-page-into-pipe",
+    "personality-aslr-off",
+    "read-kernel-log",
 ];
 
 fn host_uid_of(pid: u32) -> u32 {
@@ -70,16 +83,7 @@ fn run_attack(
 async fn container_root_is_an_unprivileged_host_uid_and_image_files_stay_root_owned() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("rt-uid");
-    cluster
-        .apply(&runtime_pod(
-            &ns.name,
-            "p",
-            Some(RUNTIME_CLASS),
-            &busybox_image(),
-            IDLE_LOOP,
-        ))
-        .unwrap();
-    cluster.wait_pod(&ns.name, "p", "condition=Ready").unwrap();
+    cluster.idle_sandboxed_pod(&ns.name, "p");
 
     let (code, uid, _) = cluster.exec(&ns.name, "p", &["id", "-u"]);
     assert_eq!((code, uid.trim()), (0, "0"), "uid inside the sandbox");
@@ -134,16 +138,7 @@ async fn container_root_is_an_unprivileged_host_uid_and_image_files_stay_root_ow
 async fn proc_shows_only_the_pods_own_processes() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("rt-proc");
-    cluster
-        .apply(&runtime_pod(
-            &ns.name,
-            "p",
-            Some(RUNTIME_CLASS),
-            &busybox_image(),
-            IDLE_LOOP,
-        ))
-        .unwrap();
-    cluster.wait_pod(&ns.name, "p", "condition=Ready").unwrap();
+    cluster.idle_sandboxed_pod(&ns.name, "p");
     let (code, listing, err) = cluster.exec(&ns.name, "p", &["ls", "/proc"]);
     assert_eq!(code, 0, "{err}");
     let pids: Vec<u32> = listing
@@ -197,6 +192,15 @@ async fn escape_syscalls_fail_with_eperm_under_agentsandbox_and_partly_succeed_u
         assert_eq!(runc["io-uring-setup"].1, "ALLOWED", "io_uring under runc");
     }
     assert_eq!(runc["ptrace-attach"].1, "ALLOWED", "ptrace under runc");
+    // The 32-bit ABI is not admitted: the calling thread is killed (SIGSYS), where runc's
+    // profile runs it.
+    assert_eq!(ours["i386-int80-syscall"].1, "SIGSYS");
+    assert_eq!(runc["i386-int80-syscall"].1, "ALLOWED");
+    assert!(
+        ours.len() >= 25,
+        "the battery has {} techniques",
+        ours.len()
+    );
 }
 
 #[tokio::test]
@@ -367,6 +371,40 @@ async fn privileged_pods_are_refused_with_a_message_kubectl_describe_shows() {
         message.contains("remove securityContext.privileged"),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn host_paths_outside_the_pods_own_volumes_are_refused() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("rt-hostpath");
+    // Every sandbox's root filesystem, staged volumes and bundle (env secrets) live in the
+    // runtime's state; every pod's volumes in the kubelet's pods directory.
+    let kubelet_pods = agentsandbox_e2e::state_dir().join("kubelet/root/pods");
+    let kubelet_pods = kubelet_pods.to_string_lossy();
+    for (name, path) in [("state", "/run/agentsandbox"), ("kubelet", &*kubelet_pods)] {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns.name},
+            "spec": {
+                "runtimeClassName": RUNTIME_CLASS,
+                "volumes": [{"name": "host", "hostPath": {"path": path, "type": "Directory"}}],
+                "containers": [{"name": "main", "image": busybox_image(),
+                                "command": ["sh", "-c", IDLE_LOOP],
+                                "volumeMounts": [{"name": "host", "mountPath": "/host"}]}]
+            }
+        }))
+        .unwrap();
+        pod.metadata.namespace = Some(ns.name.clone());
+        let message = refused(
+            &cluster,
+            &ns.name,
+            name,
+            &pod,
+            &[&format!("agentsandbox refuses to mount host path {path}")],
+        );
+        assert!(message.contains("PersistentVolumeClaim"), "{message}");
+    }
 }
 
 #[tokio::test]

@@ -21,9 +21,7 @@ use crate::activity_sampling::{
     parse_cpu_stat, parse_cpuacct_usage, parse_snmp, parse_snmp6, pod_cgroup_candidates,
     was_active, Sample,
 };
-use agentsandbox_contract::annotations::{
-    SANDBOX_NAME as ANNOTATION_SANDBOX_NAME, SANDBOX_NAMESPACE as ANNOTATION_SANDBOX_NAMESPACE,
-};
+use crate::ownership::{controlling_sandbox, relation, Relation, SandboxRef};
 use agentsandbox_operator::api::AgentSandbox;
 use agentsandbox_operator::resources::{LABEL_MANAGED_BY, MANAGED_BY};
 
@@ -79,8 +77,7 @@ fn first_pid(dir: &Path) -> Option<u32> {
 }
 
 struct Tracked {
-    sandbox_namespace: String,
-    sandbox_name: String,
+    sandbox: SandboxRef,
     previous: Sample,
     last_active: Time,
     last_report: Option<tokio::time::Instant>,
@@ -131,11 +128,8 @@ async fn sample_once(
         let (Some(uid), true) = (pod.uid(), running) else {
             continue;
         };
-        let annotations = pod.annotations();
-        let (Some(name), Some(namespace)) = (
-            annotations.get(ANNOTATION_SANDBOX_NAME).cloned(),
-            annotations.get(ANNOTATION_SANDBOX_NAMESPACE).cloned(),
-        ) else {
+        // Only the controller owner reference names the sandbox (see `ownership`).
+        let Some(reference) = controlling_sandbox(&pod) else {
             continue;
         };
         let Some(sample) = read_sample(settings, &uid) else {
@@ -144,8 +138,7 @@ async fn sample_once(
         };
         seen.push(uid.clone());
         let entry = tracked.entry(uid).or_insert_with(|| Tracked {
-            sandbox_namespace: namespace,
-            sandbox_name: name,
+            sandbox: reference,
             previous: sample,
             // A pod first seen counts as active now: starting is activity.
             last_active: now.clone(),
@@ -159,7 +152,21 @@ async fn sample_once(
             .last_report
             .is_none_or(|t| t.elapsed() >= settings.report_period);
         if due {
-            let api: Api<AgentSandbox> = Api::namespaced(client.clone(), &entry.sandbox_namespace);
+            let api: Api<AgentSandbox> = Api::namespaced(client.clone(), &entry.sandbox.namespace);
+            // Activity decides idle suspension: only the sandbox's current pod reports it.
+            match api.get_opt(&entry.sandbox.name).await {
+                Ok(Some(sandbox))
+                    if relation(&sandbox, &entry.sandbox, &pod) == Relation::Current => {}
+                Ok(_) => {
+                    debug!(pod = %pod.name_any(), sandbox = %entry.sandbox.name, "not the sandbox's current pod: no activity reported");
+                    entry.last_report = Some(tokio::time::Instant::now());
+                    continue;
+                }
+                Err(e) => {
+                    warn!(sandbox = %entry.sandbox.name, namespace = %entry.sandbox.namespace, error = %e, "reading the sandbox failed");
+                    continue;
+                }
+            }
             let patch = json!({
                 "apiVersion": "agentsandbox.io/v1alpha1",
                 "kind": "AgentSandbox",
@@ -167,7 +174,7 @@ async fn sample_once(
             });
             match api
                 .patch_status(
-                    &entry.sandbox_name,
+                    &entry.sandbox.name,
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(&patch),
                 )
@@ -175,7 +182,7 @@ async fn sample_once(
             {
                 Ok(_) => entry.last_report = Some(tokio::time::Instant::now()),
                 Err(e) => {
-                    warn!(sandbox = %entry.sandbox_name, namespace = %entry.sandbox_namespace, error = %e, "reporting activity failed")
+                    warn!(sandbox = %entry.sandbox.name, namespace = %entry.sandbox.namespace, error = %e, "reporting activity failed")
                 }
             }
         }

@@ -30,9 +30,7 @@ use crate::escapes::{
     escape_condition, event_message, merge_security, to_api_attempt, PodTotals, ESCAPE_ATTEMPTED,
     EVENT_REASON, RECENT_ATTEMPTS,
 };
-use agentsandbox_contract::annotations::{
-    SANDBOX_NAME as ANNOTATION_SANDBOX_NAME, SANDBOX_NAMESPACE as ANNOTATION_SANDBOX_NAMESPACE,
-};
+use crate::ownership::{controlling_sandbox, relation, Relation};
 use agentsandbox_operator::api::{AgentSandbox, EscapeAttempt, EscapeResponse};
 
 /// Field manager of `status.security` and the EscapeAttempted condition (apart from the
@@ -392,28 +390,35 @@ async fn write_sandbox(
     fresh: &VecDeque<EscapeAttempt>,
     node: &str,
 ) -> Result<(), kube::Error> {
-    let annotations = pod.annotations();
-    let (Some(name), Some(namespace)) = (
-        annotations.get(ANNOTATION_SANDBOX_NAME),
-        annotations.get(ANNOTATION_SANDBOX_NAMESPACE),
-    ) else {
+    // Only the pod's controller owner reference names its sandbox (a plain pod's labels and
+    // annotations are its own to choose).
+    let Some(reference) = controlling_sandbox(pod) else {
+        debug!(pod = %pod.name_any(), "reports of a pod no AgentSandbox controls let go");
         return Ok(());
     };
+    let (name, namespace) = (&reference.name, &reference.namespace);
     let api: Api<AgentSandbox> = Api::namespaced(client.clone(), namespace);
     // The status as it is now (not a cache): the totals are computed from it.
     let Some(sandbox) = api.get_opt(name).await? else {
         return Ok(());
     };
-    let owned = pod
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == sandbox.metadata.uid.as_ref());
-    if !owned {
+    let relation = relation(&sandbox, &reference, pod);
+    if relation == Relation::Stranger {
+        warn!(pod = %pod.name_any(), sandbox = %name, namespace = %namespace, "a pod's owner reference does not match the sandbox's UID: its reports are not applied");
         return Ok(());
     }
+    // A pod other than the sandbox's current one keeps its counts but never records (or
+    // lifts) the sandbox's response.
+    let totals = match relation {
+        Relation::Current => totals.clone(),
+        _ => PodTotals {
+            response: None,
+            ..totals.clone()
+        },
+    };
     let now = Time(jiff::Timestamp::now());
     let existing = sandbox.status.as_ref().and_then(|s| s.security.as_ref());
-    let security = merge_security(existing, pod_uid, totals, fresh, &now);
+    let security = merge_security(existing, pod_uid, &totals, fresh, &now);
     let condition = escape_condition(
         &security,
         sandbox.condition(ESCAPE_ATTEMPTED),

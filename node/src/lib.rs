@@ -9,3 +9,4 @@ pub mod activity_sampling;
 pub mod escape_reporter;
 pub mod escapes;
 pub mod installer;
+pub mod ownership;

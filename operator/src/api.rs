@@ -507,7 +507,8 @@ pub struct SecurityStatus {
     /// Total escape attempts denied since the sandbox was created.
     #[serde(default)]
     pub escape_attempts: i64,
-    /// Attempts by category (namespace, mount, ptrace, kernel, bpf, fs-handle, io_uring, ...).
+    /// Attempts by category (namespace, mount, ptrace, kernel, bpf, keyring, fs-handle,
+    /// userfaultfd, io_uring, network, seccomp, other).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts_by_category: Option<BTreeMap<String, i64>>,
     /// The most recent attempt.
@@ -567,7 +568,7 @@ pub struct EscapeAttempt {
     pub time: Time,
     /// Container that made it.
     pub container: String,
-    /// Process ID inside the sandbox.
+    /// Process ID inside the sandbox (0 when the process was gone before it was named).
     #[serde(default)]
     pub pid: i64,
     /// System call, e.g. unshare.

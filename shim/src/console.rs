@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -34,8 +34,9 @@ impl ConsoleSocket {
         Ok(ConsoleSocket { path, listener })
     }
 
-    /// Waits (blocking, bounded) for the master.
-    pub fn receive_master(self, timeout: Duration) -> Result<OwnedFd> {
+    /// Waits (blocking, bounded) for the master; returns it with the connection it came on
+    /// (see [`acknowledge`]).
+    pub fn receive_master(self, timeout: Duration) -> Result<(OwnedFd, UnixStream)> {
         self.listener.set_nonblocking(true)?;
         let deadline = std::time::Instant::now() + timeout;
         let stream = loop {
@@ -53,7 +54,7 @@ impl ConsoleSocket {
         stream.set_nonblocking(false)?;
         let _ = std::fs::remove_file(&self.path);
         let (_, master) = receive_fd(&stream).context("receiving the terminal")?;
-        Ok(master)
+        Ok((master, stream))
     }
 }
 
@@ -63,17 +64,35 @@ impl Drop for ConsoleSocket {
     }
 }
 
+/// Tells the sender of a terminal that the shim copies from it now. The shim's exec launcher
+/// waits for this before the process runs, so that nothing the process writes precedes the
+/// copy (a short `kubectl exec -t` could otherwise exit before it, its output lost). A
+/// sender that does not wait (libcontainer's init) has gone: the error is ignored.
+pub fn acknowledge(mut stream: UnixStream) {
+    let _ = std::io::Write::write_all(&mut stream, b"1");
+}
+
+/// What the exec launcher waits for (see [`acknowledge`]), bounded.
+pub fn wait_acknowledged(stream: &UnixStream, timeout: Duration) -> Result<()> {
+    stream.set_read_timeout(Some(timeout))?;
+    let mut byte = [0u8; 1];
+    std::io::Read::read_exact(&mut &*stream, &mut byte)
+        .context("waiting for the shim to attach the terminal")
+}
+
 /// Copies the terminal to containerd's stdout FIFO and its stdin FIFO to the terminal, in
-/// two threads that end with the process (EIO on the master) or end of input.
+/// two threads that end with the process (EIO on the master) or end of input. The stdout
+/// FIFO is open when this returns.
 pub fn attach(master: &OwnedFd, stdin: &str, stdout: &str) -> Result<()> {
     let reader = File::from(master.try_clone()?);
     if !stdout.is_empty() {
-        let stdout = stdout.to_string();
+        let mut out = OpenOptions::new()
+            .write(true)
+            .open(stdout)
+            .with_context(|| format!("opening {stdout}"))?;
         std::thread::spawn(move || {
             let mut reader = reader;
-            if let Ok(mut out) = OpenOptions::new().write(true).open(&stdout) {
-                let _ = std::io::copy(&mut reader, &mut out);
-            }
+            let _ = std::io::copy(&mut reader, &mut out);
         });
     }
     if !stdin.is_empty() {

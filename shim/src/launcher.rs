@@ -287,12 +287,18 @@ fn exec(request: &ExecRequest) -> Result<i32> {
     let spec = oci_spec::runtime::Spec::load(request.bundle.join("config.json"))
         .map_err(|e| anyhow!("reading the container's spec: {e}"))?;
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let rlimits = process
+        .rlimits()
+        .clone()
+        .or_else(|| spec.process().as_ref().and_then(|p| p.rlimits().clone()))
+        .unwrap_or_default();
     crate::sys::exec::exec_in_container(
         &process,
         crate::sys::exec::ExecContext {
             container_id: &request.id,
             init_pid: request.init_pid,
             seccomp: seccomp.as_ref(),
+            rlimits: &rlimits,
             console_socket: request.console_socket.as_deref(),
             stdio: [
                 open_stdio(&request.stdio.stdin, false)?,

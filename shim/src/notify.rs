@@ -2,7 +2,9 @@
 //! OCI seccomp agent protocol: the container process state as JSON plus the fd by
 //! SCM_RIGHTS). Every notified syscall is an escape-relevant call that is always denied: the
 //! listener answers EPERM first (the caller is blocked until it does) and records the attempt
-//! afterwards. Arguments are never used for the decision (reading them is racy).
+//! afterwards. Arguments are never used for the decision (reading them is racy); `clone3`,
+//! answered ENOSYS, has its flags read only to tell a namespace request (reported) from libc's
+//! first try at a fork or thread (counted, not reported).
 //!
 //! Memory stays bounded under a flood: the queue from the listeners to the recorder holds at
 //! most [`RAW_QUEUE`] attempts; past that an attempt is only counted (per container, syscall
@@ -23,7 +25,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::policy::seccomp::category_of;
+use crate::policy::seccomp::{category_of, clone3_is_attempt};
 use crate::sys::fd_passing::receive_fd;
 use crate::telemetry::{summarize, Telemetry};
 
@@ -70,6 +72,10 @@ struct Shared {
     responses: UnboundedSender<Action>,
     /// Attempts per (container, syscall), for logging without flooding the log.
     logged: Mutex<HashMap<(String, String), u64>>,
+    /// `clone3` on the native architecture, and how many calls without namespace flags were
+    /// answered ENOSYS (not attempts: libc's first try at fork or a thread).
+    clone3: libseccomp::ScmpSyscall,
+    clone3_fallbacks: std::sync::atomic::AtomicU64,
 }
 
 pub struct NotifyListener {
@@ -95,6 +101,9 @@ impl NotifyListener {
             response: AtomicI32::new(Action::Denied as i32),
             responses,
             logged: Mutex::new(HashMap::new()),
+            clone3: libseccomp::ScmpSyscall::from_name("clone3")
+                .unwrap_or_else(|_| libseccomp::ScmpSyscall::from(435)),
+            clone3_fallbacks: std::sync::atomic::AtomicU64::new(0),
         });
         let for_recorder = shared.clone();
         std::thread::Builder::new()
@@ -164,9 +173,30 @@ fn serve_container(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
             let Ok(request) = ScmpNotifReq::receive(fd) else {
                 continue;
             };
-            // Deny first: the caller is blocked until we answer.
-            let _ = ScmpNotifResp::new_error(request.id, -libc::EPERM, ScmpNotifRespFlags::empty())
+            let is_clone3 = request.data.syscall == shared.clone3 && request.data.arch == native();
+            if is_clone3 {
+                // Read before answering: the caller's memory cannot change under a blocked
+                // single thread, and the answer is the same either way.
+                let flags = read_u64(request.pid, request.data.args[0]);
+                let _ = ScmpNotifResp::new_error(
+                    request.id,
+                    -libc::ENOSYS,
+                    ScmpNotifRespFlags::empty(),
+                )
                 .respond(fd);
+                if !clone3_is_attempt(flags) {
+                    let count = shared.clone3_fallbacks.fetch_add(1, Ordering::Relaxed) + 1;
+                    if count.is_power_of_two() {
+                        tracing::debug!(%container, count, "clone3 answered ENOSYS (libc falls back to clone)");
+                    }
+                    continue;
+                }
+            } else {
+                // Deny first: the caller is blocked until we answer.
+                let _ =
+                    ScmpNotifResp::new_error(request.id, -libc::EPERM, ScmpNotifRespFlags::empty())
+                        .respond(fd);
+            }
             // Everything else happens on the recorder thread: this one goes straight back to
             // answering (a flood is paced by this loop).
             let queued = shared.raw.lock().expect("lock").try_send(RawAttempt {
@@ -194,6 +224,27 @@ fn serve_container(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+fn native() -> libseccomp::ScmpArch {
+    libseccomp::ScmpArch::native()
+}
+
+/// Eight bytes of process `pid`'s memory at `address` (the shim is host root).
+fn read_u64(pid: u32, address: u64) -> Option<u64> {
+    let mut value = [0u8; 8];
+    let local = [std::io::IoSliceMut::new(&mut value)];
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: address as usize,
+        len: 8,
+    }];
+    let read = nix::sys::uio::process_vm_readv(
+        nix::unistd::Pid::from_raw(pid as i32),
+        &mut { local },
+        &remote,
+    )
+    .ok()?;
+    (read == 8).then(|| u64::from_ne_bytes(value))
 }
 
 /// Asks the kernel to hand the CPU straight from the caller to this listener and back
@@ -226,7 +277,9 @@ fn describe(shared: &Shared, raw: RawAttempt) -> (EscapeAttempt, Action) {
         seq: 0,
         time_unix_nanos: raw.time_unix_nanos,
         container: raw.container.to_string(),
-        pid: sandbox_pid(raw.host_pid).unwrap_or(raw.host_pid),
+        // 0 when the process is already gone: a host pid means nothing to the sandbox's
+        // owner and tells it about the node.
+        pid: sandbox_pid(raw.host_pid).unwrap_or(0),
         summary: summarize(&syscall, &raw.args),
         syscall_nr: i32::from(raw.syscall),
         category: category_of(&syscall)

@@ -17,6 +17,7 @@ fn settings() -> SandboxSettings {
         user_namespace: Some("/run/agentsandbox/pods/p1/userns".into()),
         notify_socket: Some("/run/agentsandbox/notify.sock".into()),
         notify_metadata: "agent".into(),
+        container_id: "c1".into(),
     }
 }
 
@@ -92,6 +93,12 @@ fn host_revealing_proc_and_sys_paths_are_masked_or_read_only() {
         "/proc/timer_list",
         "/sys/firmware",
         "/proc/acpi",
+        "/sys/kernel/tracing",
+        "/sys/kernel/debug",
+        "/sys/fs/bpf",
+        "/sys/kernel/config",
+        "/sys/fs/pstore",
+        "/sys/kernel/uevent_helper",
     ] {
         assert!(masked.contains(&path.to_string()), "{path} not masked");
     }
@@ -143,7 +150,7 @@ fn every_container_joins_the_pods_pinned_user_namespace_without_own_mappings() {
 }
 
 #[test]
-fn sysfs_becomes_a_read_only_bind_and_the_cgroup_tree_is_masked_in_a_user_namespace() {
+fn sysfs_becomes_a_recursively_read_only_bind_and_the_cgroup_tree_is_masked_in_a_user_namespace() {
     let spec = hardened();
     let mounts = spec["mounts"].as_array().unwrap();
     assert!(!mounts
@@ -153,6 +160,9 @@ fn sysfs_becomes_a_read_only_bind_and_the_cgroup_tree_is_masked_in_a_user_namesp
     assert_eq!(sys["type"], "bind");
     assert_eq!(sys["source"], "/sys");
     assert!(strings(&sys["options"]).contains(&"ro".to_string()));
+    // Recursively: the host's mounts below /sys (tracefs, bpffs, configfs) too.
+    assert!(strings(&sys["options"]).contains(&"rro".to_string()));
+    assert!(strings(&sys["options"]).contains(&"rbind".to_string()));
     assert!(strings(&spec["linux"]["maskedPaths"]).contains(&"/sys/fs/cgroup".to_string()));
 }
 
@@ -289,7 +299,7 @@ fn action_for(profile: &Value, syscall: &str) -> Vec<String> {
 
 #[test]
 fn escape_syscalls_are_notified_and_never_allowed() {
-    let profile = seccomp::agent_profile(Some("/run/notify.sock"), "m");
+    let profile = seccomp::agent_profile("/run/notify.sock", "m");
     for syscall in [
         "mount",
         "umount2",
@@ -328,15 +338,90 @@ fn escape_syscalls_are_notified_and_never_allowed() {
 }
 
 #[test]
-fn without_a_listener_escape_syscalls_are_still_denied() {
-    let profile = seccomp::agent_profile(None, "");
-    assert_eq!(action_for(&profile, "unshare"), vec!["SCMP_ACT_ERRNO"]);
-    assert!(profile.get("listenerPath").is_none());
+fn a_container_is_refused_while_the_listener_is_not_running() {
+    let mut spec = cri_spec();
+    let before = spec.clone();
+    let mut without = settings();
+    without.notify_socket = None;
+    let refused = apply_hardening(&mut spec, &without).unwrap_err();
+    assert_eq!(refused, PolicyError::NoListener);
+    assert!(refused.to_string().contains("listener is not running"));
+    assert_eq!(spec, before, "nothing changed");
+}
+
+#[test]
+fn calls_denied_silently_before_are_reported_and_only_numa_placement_stays_silent() {
+    let profile = seccomp::agent_profile("/run/notify.sock", "m");
+    for (syscall, category) in [
+        ("name_to_handle_at", Category::FsHandle),
+        ("vmsplice", Category::Kernel),
+        ("chroot", Category::Mount),
+        ("acct", Category::Kernel),
+        ("syslog", Category::Kernel),
+        ("fanotify_init", Category::Kernel),
+        ("quotactl", Category::Kernel),
+        ("settimeofday", Category::Kernel),
+        ("clock_settime", Category::Kernel),
+        ("process_madvise", Category::Ptrace),
+    ] {
+        assert_eq!(
+            action_for(&profile, syscall),
+            vec!["SCMP_ACT_NOTIFY"],
+            "{syscall}"
+        );
+        assert_eq!(category_of(syscall), Some(category), "{syscall}");
+    }
+    for syscall in seccomp::DENIED_SILENTLY {
+        assert!(action_for(&profile, syscall).is_empty(), "{syscall}");
+        assert!(!seccomp::ALLOWED.contains(syscall));
+    }
+}
+
+#[test]
+fn only_64_bit_abis_are_admitted() {
+    let profile = seccomp::agent_profile("/run/notify.sock", "m");
+    assert_eq!(
+        profile["architectures"],
+        json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"])
+    );
+    assert!(action_for(&profile, "socketcall").is_empty());
+}
+
+#[test]
+fn argument_rules_put_the_catch_all_last() {
+    let profile = seccomp::agent_profile("/run/notify.sock", "m");
+    for (syscall, last, category) in [
+        ("socket", "SCMP_ACT_NOTIFY", Category::Network),
+        ("setsockopt", "SCMP_ACT_ALLOW", Category::Network),
+        ("prctl", "SCMP_ACT_ALLOW", Category::Seccomp),
+        ("seccomp", "SCMP_ACT_ALLOW", Category::Seccomp),
+        ("personality", "SCMP_ACT_NOTIFY", Category::Kernel),
+    ] {
+        let rules: Vec<&Value> = profile["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["names"] == json!([syscall]))
+            .collect();
+        assert!(rules.len() >= 2, "{syscall}");
+        for rule in &rules {
+            assert!(
+                !rule["args"].as_array().unwrap().is_empty(),
+                "{syscall}: a rule without arguments overrides the conditional ones"
+            );
+        }
+        let catch_all = rules.last().unwrap();
+        assert_eq!(catch_all["action"], last, "{syscall}");
+        assert_eq!(catch_all["args"][0]["op"], "SCMP_CMP_GE", "{syscall}");
+        assert_eq!(catch_all["args"][0]["value"], json!(0), "{syscall}");
+        assert_eq!(category_of(syscall), Some(category), "{syscall}");
+        assert!(!seccomp::ALLOWED.contains(&syscall), "{syscall}");
+    }
 }
 
 #[test]
 fn clone_is_allowed_only_without_namespace_flags_and_clone3_falls_back() {
-    let profile = seccomp::agent_profile(Some("/run/notify.sock"), "m");
+    let profile = seccomp::agent_profile("/run/notify.sock", "m");
     let clone_rules: Vec<&Value> = profile["syscalls"]
         .as_array()
         .unwrap()
@@ -362,13 +447,22 @@ fn clone_is_allowed_only_without_namespace_flags_and_clone3_falls_back() {
         7
     );
     assert_eq!(category_of("clone"), Some(Category::Namespace));
-    let clone3 = profile["syscalls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["names"] == json!(["clone3"]))
-        .unwrap();
-    assert_eq!(clone3["errnoRet"], json!(seccomp::ENOSYS));
+    // clone3 is notified; the listener answers ENOSYS and reports only namespace requests.
+    assert_eq!(action_for(&profile, "clone3"), vec!["SCMP_ACT_NOTIFY"]);
+    assert!(
+        !seccomp::clone3_is_attempt(Some(0x3d0f00)),
+        "glibc's pthread_create flags"
+    );
+    assert!(
+        !seccomp::clone3_is_attempt(Some(0x1200011)),
+        "glibc's fork flags"
+    );
+    assert!(
+        seccomp::clone3_is_attempt(Some(0x1000_0000)),
+        "CLONE_NEWUSER"
+    );
+    assert!(seccomp::clone3_is_attempt(Some(0x80)), "CLONE_NEWTIME");
+    assert!(seccomp::clone3_is_attempt(None), "unreadable arguments");
 }
 
 #[test]
@@ -395,7 +489,6 @@ fn allowlist_and_notify_list_do_not_overlap_and_everyday_calls_are_allowed() {
         "execve",
         "mmap",
         "futex",
-        "socket",
         "connect",
         "epoll_wait",
         "exit_group",
@@ -451,7 +544,8 @@ fn host_namespaces_are_refused() {
 }
 
 #[test]
-fn host_paths_into_the_node_are_refused_and_kubelet_volumes_are_not() {
+fn only_the_pods_own_host_paths_may_be_mounted() {
+    // cri_spec's pod: UID "abc", sandbox "x"; the container is "c1".
     let refused = [
         "/",
         "/etc",
@@ -470,6 +564,23 @@ fn host_paths_into_the_node_are_refused_and_kubelet_volumes_are_not() {
         "/var",
         "/run",
         "/home",
+        "/srv/data",
+        // The runtime's own state: every sandbox's rootfs, staged volumes and bundle.
+        "/run/agentsandbox",
+        "/run/agentsandbox/pods/x",
+        // Another pod's kubelet directory, or this pod's outside its volumes.
+        "/var/lib/kubelet/pods/other/volumes/kubernetes.io~empty-dir/tmp",
+        "/var/lib/kubelet/pods/abc",
+        "/var/lib/kubelet/pods/abc/plugins/secret",
+        // Another pod's CRI shm, another container's CRI directory.
+        "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/y/shm",
+        "/var/lib/containerd/io.containerd.grpc.v1.cri/containers/c2/volumes/v",
+        "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/x",
+        "/run/containerd/io.containerd.grpc.v1.cri/image-volumes/y/sha256abc",
+        // Climbing out lexically.
+        "/var/lib/kubelet/pods/abc/volumes/../../other/volumes/v",
+        "/var/lib/kubelet/pods/abc/volumes/./x/..",
+        "relative/pods/abc/volumes/v",
     ];
     for source in refused {
         let mut spec = cri_spec();
@@ -486,8 +597,16 @@ fn host_paths_into_the_node_are_refused_and_kubelet_volumes_are_not() {
     }
     for accepted in [
         "/var/lib/kubelet/pods/abc/volumes/kubernetes.io~empty-dir/tmp",
-        "/srv/data",
-        "/mnt/datasets",
+        "/var/lib/kubelet/pods/abc/volumes/kubernetes.io~local-volume/pvc-1",
+        "/var/lib/kubelet/pods/abc/volume-subpaths/data/agent/0",
+        "/var/lib/kubelet/pods/abc/etc-hosts",
+        "/var/lib/kubelet/pods/abc/containers/agent/1234",
+        // A kubelet or containerd with another root directory.
+        "/data/kubelet/pods/abc/volumes/kubernetes.io~csi/pvc-2/mount",
+        "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/x/shm",
+        "/srv/containerd/io.containerd.grpc.v1.cri/sandboxes/x/hostname",
+        "/var/lib/containerd/io.containerd.grpc.v1.cri/containers/c1/volumes/v",
+        "/run/containerd/io.containerd.grpc.v1.cri/image-volumes/x/sha256abc/etc",
     ] {
         let mut spec = cri_spec();
         spec["mounts"].as_array_mut().unwrap().push(json!({
@@ -498,6 +617,13 @@ fn host_paths_into_the_node_are_refused_and_kubelet_volumes_are_not() {
             "{accepted} was refused"
         );
     }
+    // Without CRI's annotations nothing of a pod's is recognised.
+    let mut spec = cri_spec();
+    spec["annotations"] = json!({});
+    assert!(matches!(
+        apply_hardening(&mut spec, &settings()),
+        Err(PolicyError::SensitiveHostPath { .. })
+    ));
 }
 
 #[test]
@@ -528,13 +654,30 @@ fn host_devices_are_refused() {
 }
 
 #[test]
-fn a_working_directory_under_proc_self_fd_is_refused() {
-    let mut spec = cri_spec();
-    spec["process"]["cwd"] = json!("/proc/self/fd/7");
-    assert!(matches!(
-        apply_hardening(&mut spec, &settings()),
-        Err(PolicyError::WorkingDirectoryInProcFd(_))
-    ));
+fn a_working_directory_under_proc_is_refused_however_it_is_spelled() {
+    for cwd in [
+        "/proc/self/fd/7",
+        "/proc/1/fd/3",
+        "//proc/./1/cwd",
+        "/proc/self/root/etc",
+        "/tmp/../proc/1/fd/3",
+        "/proc",
+    ] {
+        let mut spec = cri_spec();
+        spec["process"]["cwd"] = json!(cwd);
+        assert!(
+            matches!(
+                apply_hardening(&mut spec, &settings()),
+                Err(PolicyError::WorkingDirectoryInProcFd(_))
+            ),
+            "{cwd}"
+        );
+    }
+    for cwd in ["/", "/workspace", "/processes", "/srv/proc"] {
+        let mut spec = cri_spec();
+        spec["process"]["cwd"] = json!(cwd);
+        assert!(apply_hardening(&mut spec, &settings()).is_ok(), "{cwd}");
+    }
 }
 
 #[test]
@@ -587,11 +730,11 @@ fn exec_processes_lose_capabilities_and_may_not_start_in_proc_self_fd() {
     assert_eq!(process["noNewPrivileges"], json!(true));
     assert_eq!(process["args"], json!(["sh"]));
 
-    let mut escaping = json!({"args": ["sh"], "cwd": "/proc/self/fd/7"});
-    assert_eq!(
-        harden_exec_process(&mut escaping),
-        Err(PolicyError::WorkingDirectoryInProcFd(
-            "/proc/self/fd/7".into()
-        ))
-    );
+    for cwd in ["/proc/self/fd/7", "/proc/1/fd/4"] {
+        let mut escaping = json!({"args": ["sh"], "cwd": cwd});
+        assert_eq!(
+            harden_exec_process(&mut escaping),
+            Err(PolicyError::WorkingDirectoryInProcFd(cwd.into()))
+        );
+    }
 }

@@ -128,3 +128,28 @@ fn bind_mounts_are_staged_below_the_container_directory_and_other_mounts_kept() 
         "/run/agentsandbox/k8s.io/containers/c/mounts/2"
     );
 }
+
+#[test]
+fn bind_sources_are_opened_without_following_symlinks() {
+    use agentsandbox_shim::sys::mounts::open_bind_source;
+    let dir = std::env::temp_dir().join(format!("asb-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("pods/abc/volumes/v")).unwrap();
+    std::fs::create_dir_all(dir.join("host-secret")).unwrap();
+    // A volume directory swapped for a symlink to somewhere else (CVE-2021-25741).
+    std::os::unix::fs::symlink(dir.join("host-secret"), dir.join("pods/abc/volumes/w")).unwrap();
+    let real = dir.join("pods/abc/volumes/v");
+    assert!(open_bind_source(real.to_str().unwrap()).is_ok());
+    for swapped in [
+        dir.join("pods/abc/volumes/w"),
+        dir.join("pods/abc/volumes/w/."),
+    ] {
+        let error = open_bind_source(swapped.to_str().unwrap()).unwrap_err();
+        assert!(
+            error.to_string().contains("symbolic link"),
+            "{}: {error}",
+            swapped.display()
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

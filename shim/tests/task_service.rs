@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use agentsandbox_contract::{annotations, ResponseTaken};
 use agentsandbox_shim::launcher::{LaunchRequest, LaunchResponse, Launcher};
+use agentsandbox_shim::notify::NotifyListener;
 use agentsandbox_shim::task::{EventSink, TaskService};
+use agentsandbox_shim::telemetry::Telemetry;
 use async_trait::async_trait;
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::MessageDyn;
@@ -123,7 +125,18 @@ fn harness(name: &str) -> Harness {
     std::fs::create_dir_all(&root).unwrap();
     let launcher = Arc::new(FakeLauncher::default());
     let events = Arc::new(RecordedEvents::default());
-    let service = TaskService::new("k8s.io", &root, launcher.clone(), events.clone());
+    // A real listener: the shim refuses containers without one.
+    let telemetry = Telemetry::new(root.join("telemetry.sock"));
+    let (responses, _) = tokio::sync::mpsc::unbounded_channel();
+    std::fs::create_dir_all(root.join("notify")).unwrap();
+    let listener = NotifyListener::start(
+        &root.join("notify/listener.sock"),
+        telemetry.clone(),
+        responses,
+    )
+    .unwrap();
+    let service = TaskService::new("k8s.io", &root, launcher.clone(), events.clone())
+        .with_escape_reporting(Some(Arc::new(listener)), telemetry);
     Harness {
         service,
         launcher,
@@ -151,10 +164,15 @@ fn code(err: TtrpcError) -> Code {
 fn bundle(root: &Path, id: &str, container_type: &str, extra: Value) -> String {
     let dir = root.join("bundles").join(id);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("resolv.conf"), "nameserver 10.96.0.10\n").unwrap();
     let mut spec = common::cri_spec();
     spec["linux"]["cgroupsPath"] = json!(format!("/agentsandbox-test-absent/{id}"));
-    spec["mounts"][5]["source"] = json!(dir.join("resolv.conf"));
+    spec["mounts"][4]["source"] =
+        json!("/run/containerd/io.containerd.grpc.v1.cri/sandboxes/pod-1/shm");
+    // containerd's resolv.conf of the pod, under a CRI-shaped directory of the test's own.
+    let cri = root.join("io.containerd.grpc.v1.cri/sandboxes/pod-1");
+    std::fs::create_dir_all(&cri).unwrap();
+    std::fs::write(cri.join("resolv.conf"), "nameserver 10.96.0.10\n").unwrap();
+    spec["mounts"][5]["source"] = json!(cri.join("resolv.conf"));
     let annotations = spec["annotations"].as_object_mut().unwrap();
     annotations.insert(
         "io.kubernetes.cri.container-type".into(),
@@ -430,6 +448,23 @@ async fn after_a_kill_response_every_container_is_dead_and_no_new_one_starts() {
         .create(&ctx(), create_request(agent, "agent-2"))
         .await
         .unwrap_err();
+    assert_eq!(code(refused), Code::FAILED_PRECONDITION);
+    // Nothing is exec'd into the pod either (a kubelet probe, kubectl exec).
+    let exec = api::ExecProcessRequest {
+        id: "pause".into(),
+        exec_id: "probe".into(),
+        spec: Some(
+            containerd_shim_protos::protobuf::well_known_types::any::Any {
+                value: json!({"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}})
+                    .to_string()
+                    .into_bytes(),
+                ..Default::default()
+            },
+        )
+        .into(),
+        ..Default::default()
+    };
+    let refused = h.service.exec(&ctx(), exec).await.unwrap_err();
     assert_eq!(code(refused), Code::FAILED_PRECONDITION);
 }
 

@@ -9,7 +9,9 @@
 //!   containerd-shim-agentsandbox-v1 on the same containerd, interleaved;
 //! - escape attempts: attempt -> status.security latency (p50/p99; the time the attack
 //!   program made attempt k vs the time a watch saw the count reach k), and the cost of one
-//!   notified (denied + reported) syscall vs an errno-only deny, in the sandbox and under runc.
+//!   notified (denied + reported) syscall vs an errno-only deny, in the sandbox and under runc;
+//! - an escape flood (512 threads x 60 s): shim RSS before/max/after, the exact count on the
+//!   status, the rate of status writes, attempts per second vs runc.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -402,7 +404,7 @@ async fn escapes_bench(cluster: &Cluster) {
     };
     let ours = cost_of("cost").await;
     let runc = cost_of("cost-runc").await;
-    println!("{:<36} {:>14} {:>14}", "", "unshare(USER)", "acct(NULL)");
+    println!("{:<36} {:>14} {:>14}", "", "unshare(USER)", "mbind");
     if let Some((notified, errno)) = ours {
         println!(
             "{:<36} {:>11.1} us {:>11.1} us",
@@ -416,26 +418,214 @@ async fn escapes_bench(cluster: &Cluster) {
             notified / errno
         );
     }
-    if let Some((unshare, acct)) = runc {
+    if let Some((unshare, errno_only)) = runc {
         println!(
             "{:<36} {:>11.1} us {:>11.1} us",
             "runc RuntimeDefault (errno / errno)",
             unshare / 1000.0,
-            acct / 1000.0
+            errno_only / 1000.0
         );
     }
+}
+
+/// The pod sandbox id of a pod (its shim's `-id`).
+fn pod_sandbox_id(namespace: &str, pod: &str) -> Option<String> {
+    let out =
+        agentsandbox_e2e::crictl(&["pods", "-q", "--name", pod, "--namespace", namespace]).ok()?;
+    out.split_whitespace().next().map(String::from)
+}
+
+/// What one flood did: attempts made, seconds, shim RSS (MiB) before, at most and after.
+struct Flood {
+    attempts: u64,
+    seconds: f64,
+    rss: Option<(f64, f64, f64)>,
+}
+
+/// Runs `pod` (the attack program's flood-threads mode) and samples its shim's RSS until the
+/// program prints its total.
+async fn flood(cluster: &Cluster, namespace: &str, pod: &str, budget: Duration) -> Option<Flood> {
+    let shim = wait_until("the flood's shim", Duration::from_secs(120), || async {
+        let id = pod_sandbox_id(namespace, pod)?;
+        shim_pid(&id)
+    })
+    .await
+    .ok()?;
+    let rss = || shim_memory_mib(&shim).map(|(rss, _)| rss);
+    let before = rss();
+    let mut max = before.unwrap_or(0.0);
+    let deadline = Instant::now() + budget;
+    let line = loop {
+        if let Some(now) = rss() {
+            max = max.max(now);
+        }
+        let logs = cluster
+            .kubectl_ok(&["-n", namespace, "logs", pod])
+            .unwrap_or_default();
+        if let Some(line) = logs.lines().find(|l| l.starts_with("flood-threads ")) {
+            break line.to_string();
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let attempts = words
+        .windows(2)
+        .find(|w| w[0] == "attempts")
+        .and_then(|w| w[1].parse().ok())?;
+    let seconds: f64 = words
+        .windows(2)
+        .find(|w| w[0] == "seconds")
+        .and_then(|w| w[1].parse().ok())?;
+    Some(Flood {
+        attempts,
+        seconds,
+        rss: before.map(|b| (b, max, rss().unwrap_or(0.0))),
+    })
+}
+
+/// Issue 14's flood: THREADS threads of a denied, reported call for SECONDS, under the
+/// agentsandbox runtime and under runc; the shim's memory, the exact count on the status and
+/// the rate of status writes.
+async fn flood_bench(cluster: &Cluster) {
+    let threads = env_usize("BENCH_FLOOD_THREADS", 512).to_string();
+    let seconds = env_usize("BENCH_FLOOD_SECONDS", 60);
+    println!(
+        "== escape flood: {threads} threads x {seconds} s of unshare(CLONE_NEWUSER) per runtime"
+    );
+    let ns = cluster.namespace("bench-flood");
+    let api: Api<AgentSandbox> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let writes: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>> = Default::default();
+    let recorder = writes.clone();
+    let watch = tokio::spawn(
+        watcher(
+            api.clone(),
+            watcher::Config::default().fields("metadata.name=flood"),
+        )
+        .applied_objects()
+        .for_each(move |s| {
+            if let Ok(s) = s {
+                let version = s.metadata.resource_version.unwrap_or_default();
+                let mut seen = recorder.lock().unwrap();
+                if seen.last().is_none_or(|(_, v)| *v != version) {
+                    seen.push((Instant::now(), version));
+                }
+            }
+            futures::future::ready(())
+        }),
+    );
+    let args = ["flood-threads", threads.as_str(), &seconds.to_string()];
+    let budget = Duration::from_secs(seconds as u64 + 240);
+    cluster
+        .apply(&attack_sandbox_yaml(&ns.name, "flood", &args, ""))
+        .unwrap();
+    let started = Instant::now();
+    let ours = flood(cluster, &ns.name, "flood", budget).await;
+    let flood_end = Instant::now();
+    let exact = match &ours {
+        Some(f) => wait_until(
+            "the exact count on the status",
+            Duration::from_secs(300),
+            || async {
+                let s = api.get("flood").await.ok()?;
+                let count = s.status?.security?.escape_attempts;
+                (count as u64 == f.attempts).then(Instant::now)
+            },
+        )
+        .await
+        .ok(),
+        None => None,
+    };
+    watch.abort();
+    let status_writes = writes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t >= started)
+        .count();
+    cluster
+        .kubectl_ok(&[
+            "-n",
+            &ns.name,
+            "delete",
+            "agentsandbox",
+            "flood",
+            "--wait=true",
+        ])
+        .ok();
+
+    cluster
+        .apply(&runtime_pod(
+            &ns.name,
+            "flood-runc",
+            None,
+            &attack_image(),
+            &format!("agentsandbox-attack {}", args.join(" ")),
+        ))
+        .unwrap();
+    let runc = flood(cluster, &ns.name, "flood-runc", budget).await;
+
+    println!(
+        "{:<30} {:>12} {:>10} {:>28}",
+        "", "attempts", "per s", "shim RSS MiB before/max/after"
+    );
+    for (name, result) in [
+        ("agentsandbox (notify+report)", &ours),
+        ("runc RuntimeDefault (errno)", &runc),
+    ] {
+        match result {
+            Some(f) => println!(
+                "{name:<30} {:>12} {:>10.0} {:>28}",
+                f.attempts,
+                f.attempts as f64 / f.seconds,
+                f.rss.map_or("unavailable".into(), |(b, m, a)| format!(
+                    "{b:.1} / {m:.1} / {a:.1}"
+                ))
+            ),
+            None => println!("{name:<30} did not finish within its budget"),
+        }
+    }
+    if let (Some(o), Some(r)) = (&ours, &runc) {
+        println!(
+            "ratio agentsandbox / runc attempts per s: {:.4}x (each of ours is a round trip to the shim's listener and a record; runc's is an errno in the kernel)",
+            (o.attempts as f64 / o.seconds) / (r.attempts as f64 / r.seconds)
+        );
+    }
+    match (&ours, exact) {
+        (Some(f), Some(at)) => println!(
+            "status.security.escapeAttempts == {} (exact) {:.1} s after the flood ended",
+            f.attempts,
+            at.saturating_duration_since(flood_end).as_secs_f64()
+        ),
+        (Some(f), None) => println!(
+            "status.security.escapeAttempts did NOT reach {} within 300 s",
+            f.attempts
+        ),
+        _ => {}
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "status writes to the sandbox: {status_writes} in {elapsed:.0} s ({:.2}/s; the node agent's limit is a burst of 3, then 4/s)",
+        status_writes as f64 / elapsed
+    );
 }
 
 #[tokio::main]
 async fn main() {
     let sections =
-        std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "runtime,escapes,cluster".into());
+        std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "runtime,escapes,flood,cluster".into());
     if sections.contains("runtime") {
         runtime_bench(env_usize("BENCH_RUNTIME_N", 20));
         println!();
     }
     if sections.contains("escapes") {
         escapes_bench(&Cluster::connect().await).await;
+        println!();
+    }
+    if sections.contains("flood") {
+        flood_bench(&Cluster::connect().await).await;
         println!();
     }
     if !sections.contains("cluster") {

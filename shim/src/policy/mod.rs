@@ -31,9 +31,16 @@ pub const MASKED_PATHS: &[&str] = &[
     "/proc/timer_stats",
     "/sys/devices/virtual/powercap",
     "/sys/firmware",
+    "/sys/fs/bpf",
     "/sys/fs/cgroup/release_agent",
+    "/sys/fs/fuse/connections",
+    "/sys/fs/pstore",
+    "/sys/kernel/config",
     "/sys/kernel/debug",
     "/sys/kernel/security",
+    "/sys/kernel/tracing",
+    "/sys/kernel/uevent_helper",
+    "/sys/power",
 ];
 
 /// Paths that stay visible but read-only (writing /proc/sysrq-trigger would reach the host).
@@ -50,51 +57,76 @@ pub const READONLY_PATHS: &[&str] = &[
 /// host's is shared (hostNetwork, hostPID, hostIPC).
 pub const REQUIRED_NAMESPACES: &[&str] = &["pid", "network", "ipc", "uts", "mount"];
 
-/// Host paths that may never be bind-mounted into a sandbox, exactly or anything below them.
-pub const FORBIDDEN_HOST_PATHS: &[&str] = &[
-    "/proc",
-    "/sys",
-    "/dev",
-    "/boot",
-    "/root",
-    "/etc",
-    "/usr",
-    "/lib",
-    "/lib64",
-    "/bin",
-    "/sbin",
-    "/var/lib/kubelet/pki",
-    "/var/lib/docker",
-    "/etc/kubernetes",
-    "/var/run/docker.sock",
-    "/run/docker.sock",
-];
+/// What a pod's kubelet directory (`<kubelet root>/pods/<pod uid>/`) holds that containers
+/// bind-mount: volumes (PVCs, emptyDirs, projected tokens, local volumes), subPaths,
+/// /etc/hosts and termination logs.
+pub const KUBELET_POD_ENTRIES: &[&str] = &["volumes", "volume-subpaths", "etc-hosts", "containers"];
+/// containerd's CRI plugin directory (under its root and its state directory).
+const CRI_DIR: &str = "io.containerd.grpc.v1.cri";
 
-/// containerd's root and state directories: refused, except the per-sandbox and
-/// per-container files CRI itself bind-mounts from below them (/dev/shm, hostname,
-/// resolv.conf).
-pub const CONTAINERD_DIRS: &[&str] = &[
-    "/var/lib/containerd",
-    "/run/containerd",
-    "/var/run/containerd",
-];
-const CRI_OWN_FILES: &[&str] = &[
-    "io.containerd.grpc.v1.cri/sandboxes/",
-    "io.containerd.grpc.v1.cri/containers/",
-];
+/// Whose host paths a container may bind-mount: its own pod's and its own (the allow-list).
+/// containerd's sandbox directories, image volumes of the sandbox and the container's own
+/// directory (image VOLUMEs) are the CRI's; the pod's kubelet directory is the kubelet's.
+/// Any other host path, hostPath volumes included, is refused. The kubelet's and
+/// containerd's roots are configurable, so they are recognised by their layout: a pod's
+/// directory is named by the pod's UID (which nobody knows before the pod exists, so no
+/// hostPath can be made to look like it), containerd's by the sandbox or container id.
+#[derive(Clone, Copy, Debug)]
+pub struct OwnHostPaths<'a> {
+    /// `io.kubernetes.cri.sandbox-uid`: the pod's UID.
+    pub pod_uid: Option<&'a str>,
+    /// `io.kubernetes.cri.sandbox-id`: the pod sandbox's id.
+    pub sandbox_id: Option<&'a str>,
+    pub container_id: &'a str,
+}
 
-/// Host paths that may not be mounted themselves (their subdirectories may: the kubelet
-/// mounts volumes from below /var/lib/kubelet/pods, containerd from below /run/containerd/...
-/// is refused above).
-pub const FORBIDDEN_EXACT_HOST_PATHS: &[&str] = &[
-    "/",
-    "/var",
-    "/var/lib",
-    "/var/lib/kubelet",
-    "/run",
-    "/var/run",
-    "/home",
-];
+impl<'a> OwnHostPaths<'a> {
+    /// From the CRI annotations of `spec`.
+    pub fn of(spec: &'a Value, container_id: &'a str) -> OwnHostPaths<'a> {
+        let annotation = |key: &str| {
+            spec["annotations"][key]
+                .as_str()
+                .filter(|v| !v.is_empty() && !v.contains('/'))
+        };
+        OwnHostPaths {
+            pod_uid: annotation("io.kubernetes.cri.sandbox-uid"),
+            sandbox_id: annotation("io.kubernetes.cri.sandbox-id"),
+            container_id,
+        }
+    }
+
+    /// Whether `source` (a bind mount's host path, as written) is one of these. Lexical: the
+    /// launcher then opens it without following any symlink and mounts what it opened.
+    pub fn allow(&self, source: &str) -> bool {
+        if !source.starts_with('/') {
+            return false;
+        }
+        let parts: Vec<&str> = source.split('/').filter(|c| !c.is_empty()).collect();
+        if parts.iter().any(|c| *c == "." || *c == "..") {
+            return false;
+        }
+        // `<prefix>/<a>/<b>/<entry>/...`: a, b, and an entry (when given) right after.
+        let has = |a: &str, b: Option<&str>, entries: Option<&[&str]>| {
+            let Some(b) = b else { return false };
+            parts.windows(3).any(|w| {
+                w[0] == a && w[1] == b && entries.is_none_or(|entries| entries.contains(&w[2]))
+            })
+        };
+        let pods = has("pods", self.pod_uid, Some(KUBELET_POD_ENTRIES));
+        // The sandbox's files (hostname, resolv.conf, shm) and its image volumes (Kubernetes'
+        // ImageVolume: an image mounted read-only, `image-volumes/<sandbox id>/<image>`).
+        let sandbox = parts.windows(4).any(|w| {
+            w[0] == CRI_DIR
+                && (w[1] == "sandboxes" || w[1] == "image-volumes")
+                && Some(w[2]) == self.sandbox_id
+        });
+        let container = !self.container_id.is_empty()
+            && parts
+                .windows(4)
+                .any(|w| w[0] == CRI_DIR && w[1] == "containers" && w[2] == self.container_id);
+        pods || sandbox || container
+    }
+}
 
 /// Default limit on the number of processes in a sandbox (fork bombs).
 pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
@@ -106,7 +138,7 @@ pub enum PolicyError {
     Privileged,
     #[error("agentsandbox refuses containers sharing the host's {0} namespace: remove hostNetwork/hostPID/hostIPC from the pod")]
     HostNamespace(String),
-    #[error("agentsandbox refuses to mount host path {host_path} at {destination}: it exposes the node; use a PersistentVolumeClaim or emptyDir instead")]
+    #[error("agentsandbox refuses to mount host path {host_path} at {destination}: a sandbox mounts only its own pod's volumes (hostPath volumes expose the node); use a PersistentVolumeClaim or an emptyDir instead")]
     SensitiveHostPath {
         host_path: String,
         destination: String,
@@ -115,8 +147,10 @@ pub enum PolicyError {
     HostDevice(String),
     #[error("agentsandbox refuses pods with hostUsers: false: the runtime gives every pod a user namespace of its own (its root is already an unprivileged host uid, from a range that cannot collide with another pod's); remove hostUsers from the pod spec")]
     KubernetesUserNamespace,
-    #[error("agentsandbox refuses working directory {0}: a directory under /proc/self/fd can reach the host (CVE-2024-21626)")]
+    #[error("agentsandbox refuses working directory {0}: a directory under /proc (or reached through ..) can resolve outside the container (CVE-2024-21626); use a path in the container's filesystem")]
     WorkingDirectoryInProcFd(String),
+    #[error("agentsandbox refuses to start a container while its escape-attempt listener is not running (the shim's seccomp notification socket failed to start; see the shim's log): without it escape attempts would be denied unreported")]
+    NoListener,
     #[error("the OCI spec has no {0} section")]
     MissingSection(&'static str),
 }
@@ -131,11 +165,13 @@ pub struct SandboxSettings {
     /// The pod's user namespace, pinned by the shim (container uid 0 = an unprivileged host
     /// uid, see `idmap`). Every container of the pod joins it.
     pub user_namespace: Option<String>,
-    /// The shim's seccomp notification socket, if it listens.
+    /// The shim's seccomp notification socket; a container is refused without one.
     pub notify_socket: Option<String>,
     /// Names the container in notifications (`listenerMetadata`): the pod spec's container
     /// name, which is what users know (the id is containerd's).
     pub notify_metadata: String,
+    /// containerd's id of the container (its own CRI directory may be bind-mounted).
+    pub container_id: String,
 }
 
 impl SandboxSettings {
@@ -148,6 +184,7 @@ impl SandboxSettings {
             user_namespace: None,
             notify_socket: None,
             notify_metadata: container_name.to_string(),
+            container_id: String::new(),
         }
     }
 }
@@ -178,30 +215,19 @@ fn is_bind(mount: &Value) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
-fn forbidden_host_path(source: &str) -> bool {
-    let source = source.trim_end_matches('/');
-    let source = if source.is_empty() { "/" } else { source };
-    let within = |dir: &str| source == dir || source.starts_with(&format!("{dir}/"));
-    let containerd_internal = CONTAINERD_DIRS.iter().any(|dir| {
-        within(dir)
-            && !CRI_OWN_FILES
-                .iter()
-                .any(|own| source.starts_with(&format!("{dir}/{own}")))
-    });
-    FORBIDDEN_EXACT_HOST_PATHS.contains(&source)
-        || containerd_internal
-        || FORBIDDEN_HOST_PATHS.iter().any(|p| within(p))
-}
-
 /// Refusals first (nothing is changed when one applies), then enforcement.
 pub fn apply_hardening(spec: &mut Value, settings: &SandboxSettings) -> Result<(), PolicyError> {
-    check_refusals(spec)?;
-    enforce(spec, settings);
+    check_refusals(spec, &settings.container_id)?;
+    let listener = settings
+        .notify_socket
+        .as_deref()
+        .ok_or(PolicyError::NoListener)?;
+    enforce(spec, settings, listener);
     Ok(())
 }
 
-/// What cannot be made safe.
-pub fn check_refusals(spec: &Value) -> Result<(), PolicyError> {
+/// What cannot be made safe. `container_id` is containerd's id of the container.
+pub fn check_refusals(spec: &Value, container_id: &str) -> Result<(), PolicyError> {
     let linux = spec
         .get("linux")
         .ok_or(PolicyError::MissingSection("linux"))?;
@@ -238,6 +264,7 @@ pub fn check_refusals(spec: &Value) -> Result<(), PolicyError> {
         return Err(PolicyError::KubernetesUserNamespace);
     }
 
+    let own = OwnHostPaths::of(spec, container_id);
     for mount in spec["mounts"].as_array().into_iter().flatten() {
         if !is_bind(mount) {
             continue;
@@ -247,7 +274,7 @@ pub fn check_refusals(spec: &Value) -> Result<(), PolicyError> {
         let read_only_sys = source == "/sys"
             && mount["destination"] == "/sys"
             && strings(&mount["options"]).iter().any(|o| o == "ro");
-        if forbidden_host_path(source) && !read_only_sys {
+        if !own.allow(source) && !read_only_sys {
             return Err(PolicyError::SensitiveHostPath {
                 host_path: source.to_string(),
                 destination: mount["destination"]
@@ -264,8 +291,20 @@ pub fn check_refusals(spec: &Value) -> Result<(), PolicyError> {
         ));
     }
 
+    check_working_directory(process)
+}
+
+/// A working directory under /proc (`/proc/self/fd/N`, `/proc/1/fd/N`, `/proc/<pid>/cwd`,
+/// `.../root`) can resolve to a directory outside the container (CVE-2024-21626): refused
+/// whatever the path looks like below /proc. The launcher checks the directory it reached as
+/// well (a path the kernel cannot reach from the container's root is refused).
+fn check_working_directory(process: &Value) -> Result<(), PolicyError> {
     let cwd = process["cwd"].as_str().unwrap_or("/");
-    if cwd.starts_with("/proc/self/fd") || cwd.starts_with("/proc/thread-self/fd") {
+    let normal: Vec<&str> = cwd
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if normal.first() == Some(&"proc") || normal.contains(&"..") {
         return Err(PolicyError::WorkingDirectoryInProcFd(cwd.to_string()));
     }
     Ok(())
@@ -282,7 +321,7 @@ fn union(existing: &Value, ours: &[&str]) -> Value {
 }
 
 /// What is enforced whatever the pod asked for.
-fn enforce(spec: &mut Value, settings: &SandboxSettings) {
+fn enforce(spec: &mut Value, settings: &SandboxSettings, listener: &str) {
     // OCI hooks run as host root in the runtime's namespaces: a sandbox gets none. (CRI sets
     // none itself; NRI plugins or a hand-made spec could.)
     if let Some(spec) = spec.as_object_mut() {
@@ -317,8 +356,7 @@ fn enforce(spec: &mut Value, settings: &SandboxSettings) {
     linux["resources"]["pids"]["limit"] =
         json!(requested.map_or(settings.pids_limit, |r| r.min(settings.pids_limit)));
 
-    linux["seccomp"] =
-        seccomp::agent_profile(settings.notify_socket.as_deref(), &settings.notify_metadata);
+    linux["seccomp"] = seccomp::agent_profile(listener, &settings.notify_metadata);
 
     // Lowering the OOM score would need CAP_SYS_RESOURCE on the host: a sandbox is never
     // protected from the OOM killer at the expense of the node.
@@ -343,8 +381,9 @@ fn enforce(spec: &mut Value, settings: &SandboxSettings) {
 }
 
 /// sysfs and cgroupfs can only be mounted by the owner of the network namespace, which for a
-/// pod is the host: /sys becomes a read-only bind of the host's (host-owned files stay
-/// unwritable to the sandbox, whose root is not host root) and the cgroup tree is masked.
+/// pod is the host: /sys becomes a recursively read-only bind of the host's (`rro`: the
+/// host's own mounts below /sys, tracefs, bpffs, configfs, pstore, are read-only too, and the
+/// masked paths hide them) and the cgroup tree is masked.
 fn rewrite_mounts_for_user_namespace(spec: &mut Value) {
     let Some(mounts) = spec["mounts"].as_array_mut() else {
         return;
@@ -356,7 +395,7 @@ fn rewrite_mounts_for_user_namespace(spec: &mut Value) {
                 "destination": mount["destination"],
                 "type": "bind",
                 "source": "/sys",
-                "options": ["rbind", "nosuid", "noexec", "nodev", "ro"],
+                "options": ["rbind", "nosuid", "noexec", "nodev", "ro", "rro"],
             });
         }
     }
@@ -448,10 +487,7 @@ pub fn take_namespace_joins(spec: &mut Value) -> NamespaceJoins {
 /// An exec'd process (kubectl exec, exec probes) gets the same treatment as the container's
 /// own: containerd copies the pod's requested capabilities into it.
 pub fn harden_exec_process(process: &mut Value) -> Result<(), PolicyError> {
-    let cwd = process["cwd"].as_str().unwrap_or("/");
-    if cwd.starts_with("/proc/self/fd") || cwd.starts_with("/proc/thread-self/fd") {
-        return Err(PolicyError::WorkingDirectoryInProcFd(cwd.to_string()));
-    }
+    check_working_directory(process)?;
     let mut wrapper = json!({ "process": process.take(), "linux": {} });
     let kept: Vec<String> = strings(&wrapper["process"]["capabilities"]["bounding"])
         .into_iter()

@@ -76,7 +76,70 @@ pub const NOTIFIED: &[Notified] = &[
     n("swapoff", Category::Kernel),
     n("iopl", Category::Kernel),
     n("ioperm", Category::Kernel),
+    // Denied before this list existed, silently; only an escape or a probe makes them.
+    n("name_to_handle_at", Category::FsHandle),
+    n("chroot", Category::Mount),
+    n("listmount", Category::Mount),
+    n("statmount", Category::Mount),
+    n("process_madvise", Category::Ptrace),
+    n("vmsplice", Category::Kernel),
+    n("acct", Category::Kernel),
+    n("syslog", Category::Kernel),
+    n("fanotify_init", Category::Kernel),
+    n("quotactl", Category::Kernel),
+    n("quotactl_fd", Category::Kernel),
+    n("modify_ldt", Category::Kernel),
+    n("uselib", Category::Kernel),
+    n("lookup_dcookie", Category::Kernel),
+    n("settimeofday", Category::Kernel),
+    n("clock_settime", Category::Kernel),
+    n("sethostname", Category::Kernel),
+    n("setdomainname", Category::Kernel),
+    // The listener answers ENOSYS (glibc then falls back to clone, whose flags the filter
+    // sees) and reports only calls that asked for a namespace (see `clone3_is_attempt`).
+    n("clone3", Category::Namespace),
 ];
+
+/// Denied (EPERM) and not reported: NUMA placement calls ordinary programs make (libnuma,
+/// some JVM options) that need CAP_SYS_NICE on the host. Everything else outside
+/// [`ALLOWED`] and [`NOTIFIED`] is a call the kernel no longer has or that no supported
+/// architecture names.
+pub const DENIED_SILENTLY: &[&str] = &["mbind", "migrate_pages", "move_pages"];
+
+/// Address families a sandbox may open sockets of: local, IPv4, IPv6 and netlink (routing
+/// information, used by ordinary resolvers and `ip`). Every other family (AF_VSOCK reaches
+/// host and VM services, AF_ALG and AF_PACKET are kernel attack surface) is denied and
+/// reported; so are raw and packet-type sockets of IPv4/IPv6.
+pub const SOCKET_FAMILIES_ALLOWED: [u64; 2] = [1 /* AF_UNIX */, 16 /* AF_NETLINK */];
+/// IPv4 and IPv6, for the socket types below only.
+pub const INET_FAMILIES: [u64; 2] = [2 /* AF_INET */, 10 /* AF_INET6 */];
+/// SOCK_STREAM, SOCK_DGRAM (ICMP echo sockets included), SOCK_SEQPACKET (SCTP).
+pub const INET_SOCKET_TYPES: [u64; 3] = [1, 2, 5];
+/// The socket type without SOCK_NONBLOCK/SOCK_CLOEXEC.
+const SOCK_TYPE_MASK: u64 = 0xf;
+
+/// `setsockopt` (level, option) pairs that write firewall tables (iptables/ip6tables
+/// IPT_SO_SET_REPLACE and _ADD_COUNTERS): denied and reported (the kernel would refuse them
+/// too, the pod's network namespace belonging to the host).
+pub const FIREWALL_SOCKOPTS: [(u64, u64); 4] = [(0, 64), (0, 65), (41, 64), (41, 65)];
+
+/// `prctl(PR_SET_SECCOMP)` and `seccomp(SECCOMP_SET_MODE_FILTER)`: a filter of the sandbox's
+/// own would outrank the runtime's notifications (an ERRNO beats a NOTIFY), silencing the
+/// tripwire. Denied and reported; the other `seccomp` operations (action and size queries,
+/// strict mode) stay allowed.
+const PR_SET_SECCOMP: u64 = 22;
+const SECCOMP_SET_MODE_FILTER: u64 = 1;
+
+/// The lower 32 bits of an argument whose kernel type is a 32-bit int: the upper half of the
+/// register is ignored by the kernel, so a rule must ignore it too.
+const LOW32: u64 = 0xffff_ffff;
+
+/// Architectures the profile admits. Calls through the 32-bit (`int 0x80`) and x32 ABIs are
+/// not: libseccomp's bad-architecture action kills the calling thread (SIGSYS). Their syscall
+/// numbers differ from the native ones (a second table the allowlist would have to get right,
+/// `socketcall` hides the socket family), no agent needs them, and seccomp gives a filter no
+/// way to notify a wrong-architecture call, so these are denied and not reported.
+pub const ARCHITECTURES: [&str; 2] = ["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"];
 
 /// Category of namespace-flagged clone calls.
 pub const CLONE_CATEGORY: Category = Category::Namespace;
@@ -211,7 +274,6 @@ pub const ALLOWED: &[&str] = &[
     "ioctl",
     "ioprio_get",
     "ioprio_set",
-    "ipc",
     "kill",
     "landlock_add_rule",
     "landlock_create_ruleset",
@@ -277,7 +339,6 @@ pub const ALLOWED: &[&str] = &[
     "poll",
     "ppoll",
     "ppoll_time64",
-    "prctl",
     "pread64",
     "preadv",
     "preadv2",
@@ -328,7 +389,6 @@ pub const ALLOWED: &[&str] = &[
     "sched_setparam",
     "sched_setscheduler",
     "sched_yield",
-    "seccomp",
     "select",
     "semctl",
     "semget",
@@ -366,7 +426,6 @@ pub const ALLOWED: &[&str] = &[
     "setreuid32",
     "setrlimit",
     "setsid",
-    "setsockopt",
     "setuid",
     "setuid32",
     "setxattr",
@@ -380,8 +439,6 @@ pub const ALLOWED: &[&str] = &[
     "signalfd4",
     "sigprocmask",
     "sigreturn",
-    "socket",
-    "socketcall",
     "socketpair",
     "splice",
     "stat",
@@ -437,13 +494,11 @@ pub const ALLOWED: &[&str] = &[
 pub const PERSONALITY_ALLOWED: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
 /// The profile as an OCI `linux.seccomp` object. `listener_path` is the shim's notification
-/// socket; without one, notified calls are plain EPERM (still denied, not reported).
-pub fn agent_profile(listener_path: Option<&str>, listener_metadata: &str) -> Value {
-    let notify_action = if listener_path.is_some() {
-        "SCMP_ACT_NOTIFY"
-    } else {
-        "SCMP_ACT_ERRNO"
-    };
+/// socket. There is no profile without one: notified calls would become plain errors (the
+/// tripwire silently gone), and libcontainer drops rules whose action equals the default,
+/// which would leave the catch-all allowances of the conditional rules alone.
+pub fn agent_profile(listener_path: &str, listener_metadata: &str) -> Value {
+    let notify_action = "SCMP_ACT_NOTIFY";
     let mut rules = vec![json!({
         "names": ALLOWED,
         "action": "SCMP_ACT_ALLOW",
@@ -469,29 +524,107 @@ pub fn agent_profile(listener_path: Option<&str>, listener_metadata: &str) -> Va
             "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
         }));
     }
-    rules.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}));
-    for value in PERSONALITY_ALLOWED {
-        rules.push(json!({
-            "names": ["personality"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": value, "op": "SCMP_CMP_EQ"}],
-        }));
-    }
+    rules.extend(conditional_rules(notify_action));
     let mut profile = json!({
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": EPERM,
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        "architectures": ARCHITECTURES,
         "syscalls": rules,
     });
-    if let Some(path) = listener_path {
-        profile["listenerPath"] = json!(path);
-        profile["listenerMetadata"] = json!(listener_metadata);
-        // No SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: it needs libseccomp >= 2.6 and the nodes
-        // we support ship 2.5 (Debian 12). Without it a signal interrupts a pending
-        // notification and the syscall is restarted, i.e. denied again: no decision changes.
-    }
+    profile["listenerPath"] = json!(listener_path);
+    profile["listenerMetadata"] = json!(listener_metadata);
+    // No SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: it needs libseccomp >= 2.6 and the nodes we
+    // support ship 2.5 (Debian 12). Without it a signal interrupts a pending notification and
+    // the syscall is restarted, i.e. denied again: no decision changes.
     profile
 }
+
+fn rule(name: &str, action: &str, args: Vec<Value>) -> Value {
+    let mut rule = json!({"names": [name], "action": action, "args": args});
+    if action != "SCMP_ACT_ALLOW" {
+        rule["errnoRet"] = json!(EPERM);
+    }
+    rule
+}
+
+fn eq(index: u32, value: u64) -> Value {
+    json!({"index": index, "value": value, "op": "SCMP_CMP_EQ"})
+}
+
+fn masked(index: u32, mask: u64, value: u64) -> Value {
+    json!({"index": index, "value": value, "valueTwo": mask, "op": "SCMP_CMP_MASKED_EQ"})
+}
+
+/// Always true: a catch-all that, unlike a rule without arguments, does not override the
+/// syscall's other rules (libseccomp lets an unconditional rule win outright, and checks an
+/// argument's equality comparisons before its range comparisons, so this applies only when
+/// no specific rule matched; shim/tests/seccomp_filter.rs loads the profile to prove it).
+fn any(index: u32) -> Value {
+    json!({"index": index, "value": 0, "op": "SCMP_CMP_GE"})
+}
+
+/// Rules that look at arguments. Order matters: for each syscall the specific rules come
+/// first and the catch-all last.
+fn conditional_rules(notify: &str) -> Vec<Value> {
+    let mut rules = Vec::new();
+    for family in SOCKET_FAMILIES_ALLOWED {
+        rules.push(rule("socket", "SCMP_ACT_ALLOW", vec![eq(0, family)]));
+    }
+    for family in INET_FAMILIES {
+        for kind in INET_SOCKET_TYPES {
+            rules.push(rule(
+                "socket",
+                "SCMP_ACT_ALLOW",
+                vec![eq(0, family), masked(1, SOCK_TYPE_MASK, kind)],
+            ));
+        }
+    }
+    rules.push(rule("socket", notify, vec![any(0)]));
+    for (level, option) in FIREWALL_SOCKOPTS {
+        rules.push(rule(
+            "setsockopt",
+            notify,
+            vec![masked(1, LOW32, level), masked(2, LOW32, option)],
+        ));
+    }
+    rules.push(rule("setsockopt", "SCMP_ACT_ALLOW", vec![any(1)]));
+    rules.push(rule(
+        "prctl",
+        notify,
+        vec![masked(0, LOW32, PR_SET_SECCOMP)],
+    ));
+    rules.push(rule("prctl", "SCMP_ACT_ALLOW", vec![any(0)]));
+    rules.push(rule(
+        "seccomp",
+        notify,
+        vec![masked(0, LOW32, SECCOMP_SET_MODE_FILTER)],
+    ));
+    rules.push(rule("seccomp", "SCMP_ACT_ALLOW", vec![any(0)]));
+    for value in PERSONALITY_ALLOWED {
+        rules.push(rule("personality", "SCMP_ACT_ALLOW", vec![eq(0, value)]));
+    }
+    rules.push(rule("personality", notify, vec![any(0)]));
+    rules
+}
+
+/// Whether a notified `clone3` is an escape attempt: its `clone_args.flags` (the first field
+/// of the structure it points to, read by the listener) ask for a namespace. Other calls are
+/// glibc's first try at fork or a thread, answered ENOSYS so that it falls back to clone.
+pub fn clone3_is_attempt(flags: Option<u64>) -> bool {
+    // CLONE_NEWTIME exists only for clone3 (in clone's flags the bit is the exit signal).
+    const CLONE_NEWTIME: u64 = 0x80;
+    // Unreadable arguments are reported: a caller that hides them is not glibc.
+    flags.is_none_or(|f| f & (CLONE_NAMESPACE_FLAGS.iter().sum::<u64>() | CLONE_NEWTIME) != 0)
+}
+
+/// Categories of the calls the conditional rules notify.
+const CONDITIONAL: &[Notified] = &[
+    n("socket", Category::Network),
+    n("setsockopt", Category::Network),
+    n("prctl", Category::Seccomp),
+    n("seccomp", Category::Seccomp),
+    n("personality", Category::Kernel),
+];
 
 /// The category a notified syscall is reported under (`clone` with namespace flags included).
 pub fn category_of(syscall: &str) -> Option<Category> {
@@ -500,6 +633,7 @@ pub fn category_of(syscall: &str) -> Option<Category> {
     }
     NOTIFIED
         .iter()
+        .chain(CONDITIONAL)
         .find(|n| n.syscall == syscall)
         .map(|n| n.category)
 }

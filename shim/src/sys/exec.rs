@@ -26,6 +26,8 @@ pub struct ExecContext<'a> {
     pub container_id: &'a str,
     pub init_pid: i32,
     pub seccomp: Option<&'a LinuxSeccomp>,
+    /// The exec's resource limits (containerd copies the container's).
+    pub rlimits: &'a [oci_spec::runtime::PosixRlimit],
     /// When set, the process gets a new terminal whose master is sent here.
     pub console_socket: Option<&'a Path>,
     pub stdio: [OwnedFd; 3],
@@ -49,6 +51,7 @@ fn terminal_for(console: &UnixStream) -> Result<OwnedFd> {
         None,
     )
     .context("sending the terminal to the shim")?;
+    crate::console::wait_acknowledged(stream, std::time::Duration::from_secs(10))?;
     Ok(pty.slave)
 }
 
@@ -106,6 +109,16 @@ pub fn exec_in_container(process: &Process, context: ExecContext) -> Result<i32>
         None => None,
     };
     join_cgroups(pid).context("joining the container's cgroups")?;
+    // What the init has, the exec'd process has: the same OOM score (not the shim's, which
+    // the OOM killer spares) and the same resource limits. Both are set while the launcher is
+    // still host root (raising a hard limit needs CAP_SYS_RESOURCE there) and inherited.
+    let oom_score = fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .context("reading the container's OOM score")?;
+    fs::write("/proc/self/oom_score_adj", oom_score.trim())
+        .context("setting the exec's OOM score")?;
+    for rlimit in context.rlimits {
+        set_rlimit(rlimit)?;
+    }
     let open_ns = |kind: &str| -> Result<File> {
         File::open(format!("/proc/{pid}/ns/{kind}")).with_context(|| format!("namespace {kind}"))
     };
@@ -165,6 +178,41 @@ pub fn exec_in_container(process: &Process, context: ExecContext) -> Result<i32>
     }
 }
 
+fn set_rlimit(rlimit: &oci_spec::runtime::PosixRlimit) -> Result<()> {
+    use oci_spec::runtime::PosixRlimitType as T;
+    let kind = match rlimit.typ() {
+        T::RlimitCpu => libc::RLIMIT_CPU,
+        T::RlimitFsize => libc::RLIMIT_FSIZE,
+        T::RlimitData => libc::RLIMIT_DATA,
+        T::RlimitStack => libc::RLIMIT_STACK,
+        T::RlimitCore => libc::RLIMIT_CORE,
+        T::RlimitRss => libc::RLIMIT_RSS,
+        T::RlimitNproc => libc::RLIMIT_NPROC,
+        T::RlimitNofile => libc::RLIMIT_NOFILE,
+        T::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        T::RlimitAs => libc::RLIMIT_AS,
+        T::RlimitLocks => libc::RLIMIT_LOCKS,
+        T::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        T::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        T::RlimitNice => libc::RLIMIT_NICE,
+        T::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        T::RlimitRttime => libc::RLIMIT_RTTIME,
+    };
+    let limit = libc::rlimit {
+        rlim_cur: rlimit.soft(),
+        rlim_max: rlimit.hard(),
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(kind, &limit) } != 0 {
+        bail!(
+            "setting {:?}: {}",
+            rlimit.typ(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 fn ns_name(flag: CloneFlags) -> &'static str {
     match flag {
         CloneFlags::CLONE_NEWNET => "net",
@@ -221,6 +269,16 @@ fn become_process(
     let cwd = process.cwd();
     std::env::set_current_dir(cwd)
         .with_context(|| format!("working directory {}", cwd.display()))?;
+    // The directory reached must be one the container's root reaches: the kernel spells any
+    // other (a host directory through a leaked descriptor) "(unreachable)/...".
+    let reached = std::env::current_dir().context("reading the working directory back")?;
+    if !reached.starts_with("/") || reached.starts_with("/proc") {
+        bail!(
+            "working directory {} resolves outside the container ({}): refused",
+            cwd.display(),
+            reached.display()
+        );
+    }
     let env = process.env().clone().unwrap_or_default();
     let args = process.args().clone().unwrap_or_default();
     let program = args
@@ -263,6 +321,20 @@ fn become_process(
         .iter()
         .map(|e| CString::new(e.as_str()))
         .collect::<Result<_, _>>()?;
+    // Nothing of the launcher's crosses into the process: every descriptor above stdio is
+    // closed at exec (marked rather than closed now, so a failing execve can still report).
+    // SAFETY: close_range on our own descriptor table.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } != 0
+    {
+        bail!("close_range: {}", std::io::Error::last_os_error());
+    }
     let error = nix::unistd::execve(&c_path, &c_args, &c_env).unwrap_err();
     bail!("exec {program:?}: {error}")
 }

@@ -236,6 +236,28 @@ pub fn stage_binds(spec: &mut serde_json::Value, dir: &Path) -> Vec<StagedBind> 
     staged
 }
 
+/// Opens a bind mount's source without following any symlink (CVE-2021-25741: a volume
+/// whose path is swapped for a symlink between the check and the mount). The policy checked
+/// the path as written; this opens exactly that path or fails, and the mount then binds the
+/// opened object (through its /proc/self/fd link), not whatever the path names by then.
+pub fn open_bind_source(source: &str) -> Result<OwnedFd> {
+    use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(libc::AT_FDCWD, source, how).map_err(|errno| {
+        if errno == nix::errno::Errno::ELOOP {
+            anyhow::anyhow!(
+                "bind mount source {source} has a symbolic link in its path: refused (the sandbox's volumes are mounted only through real directories)"
+            )
+        } else {
+            anyhow::anyhow!("bind mount source {source}: {errno}")
+        }
+    })?;
+    // SAFETY: openat2 returned a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Performs [`stage_binds`]' binds (in the launcher, as host root).
 pub fn bind_staged(binds: &[StagedBind]) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -248,9 +270,10 @@ pub fn bind_staged(binds: &[StagedBind]) -> Result<()> {
                 .mode(0o711)
                 .create(parent)?;
         }
-        let is_dir = fs::metadata(&bind.source)
-            .with_context(|| format!("bind mount source {}", bind.source))?
-            .is_dir();
+        let source = open_bind_source(&bind.source)?;
+        let is_dir = nix::sys::stat::fstat(source.as_raw_fd())
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .with_context(|| format!("bind mount source {}", bind.source))?;
         if is_dir {
             fs::create_dir_all(&bind.staged)?;
         } else {
@@ -260,8 +283,9 @@ pub fn bind_staged(binds: &[StagedBind]) -> Result<()> {
         if bind.recursive {
             flags |= MsFlags::MS_REC;
         }
+        let opened = format!("/proc/self/fd/{}", source.as_raw_fd());
         mount(
-            Some(bind.source.as_str()),
+            Some(opened.as_str()),
             &bind.staged,
             None::<&str>,
             flags,

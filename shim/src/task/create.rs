@@ -92,8 +92,9 @@ pub async fn receive_terminal(
 ) -> TaskResult<Arc<std::os::fd::OwnedFd>> {
     let stdio = stdio.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<std::os::fd::OwnedFd>> {
-        let master = console.receive_master(std::time::Duration::from_secs(10))?;
+        let (master, stream) = console.receive_master(std::time::Duration::from_secs(10))?;
         console::attach(&master, &stdio.stdin, &stdio.stdout)?;
+        console::acknowledge(stream);
         Ok(Arc::new(master))
     })
     .await
@@ -138,7 +139,8 @@ impl TaskService {
 
         // Everything that can refuse the container comes before the pod's id range is
         // claimed. The egress rules read the pod's resolv.conf before mounts are staged.
-        policy::check_refusals(&spec).map_err(|e| TaskError::FailedPrecondition(e.to_string()))?;
+        policy::check_refusals(&spec, &req.id)
+            .map_err(|e| TaskError::FailedPrecondition(e.to_string()))?;
         if let Some(applied) = self.state.lock().await.pod.response_applied {
             return Err(TaskError::FailedPrecondition(format!(
                 "the sandbox was {} after an escape attempt: no new container starts in this pod",
@@ -183,6 +185,7 @@ impl TaskService {
                 .map(String::as_str)
                 .unwrap_or_default(),
         );
+        settings.container_id = req.id.clone();
         settings.user_namespace = Some(user_namespace.to_string_lossy().into_owned());
         settings.notify_socket = self
             .notify

@@ -46,6 +46,7 @@ impl TaskService {
 
     /// Registers an exec: its process hardened like the init's, kept until started.
     pub async fn add_exec(&self, req: &api::ExecProcessRequest) -> TaskResult<()> {
+        self.refuse_after_response().await?;
         let mut process: Value = serde_json::from_slice(&req.spec.value)
             .map_err(|e| TaskError::InvalidArgument(format!("exec process: {e}")))?;
         policy::harden_exec_process(&mut process)
@@ -81,8 +82,25 @@ impl TaskService {
         Ok(added?)
     }
 
+    /// No process enters a pod the runtime killed or quarantined: a frozen cgroup would hold
+    /// the launcher (and the kubelet's probe) for ever, and a quarantine keeps the pod as the
+    /// attempt left it.
+    async fn refuse_after_response(&self) -> TaskResult<()> {
+        match self.state.lock().await.pod.response_applied {
+            Some(taken) => Err(TaskError::FailedPrecondition(format!(
+                "the sandbox was {} after an escape attempt: nothing more runs in this pod; delete the pod to get a fresh one",
+                match taken {
+                    agentsandbox_contract::ResponseTaken::Killed => "killed",
+                    _ => "quarantined",
+                }
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Starts a registered exec; returns its pid.
     pub async fn start_exec(&self, id: &str, exec_id: &str) -> TaskResult<i32> {
+        self.refuse_after_response().await?;
         let (process, stdio, init_pid, wants_terminal) = {
             let state = self.state.lock().await;
             let (container, exec) = state.containers.check_exec_startable(id, exec_id)?;
@@ -100,18 +118,33 @@ impl TaskService {
             false => None,
         };
         tracing::info!(container = %id, exec = %exec_id, terminal = wants_terminal, "starting exec");
-        let pid = self
+        let console_socket = console.as_ref().map(|c| c.path.clone());
+        // The terminal is attached while the launcher waits for it, before the process runs.
+        let terminal = console.map(|console| {
+            let stdio = stdio.clone();
+            tokio::spawn(async move { receive_terminal(console, &stdio).await })
+        });
+        let launched = self
             .run_launcher(LaunchRequest::Exec(ExecRequest {
                 id: id.to_string(),
                 bundle: self.container_dir(id).join("bundle"),
                 process,
                 stdio: stdio.clone(),
                 init_pid,
-                console_socket: console.as_ref().map(|c| c.path.clone()),
+                console_socket,
             }))
-            .await?;
-        let terminal = match console {
-            Some(console) => Some(receive_terminal(console, &stdio).await?),
+            .await;
+        let pid = match launched {
+            Ok(pid) => pid,
+            Err(err) => {
+                if let Some(terminal) = terminal {
+                    terminal.abort();
+                }
+                return Err(err);
+            }
+        };
+        let terminal = match terminal {
+            Some(terminal) => Some(terminal.await.map_err(internal)??),
             None => None,
         };
         self.register_running(id, exec_id, pid, terminal).await;

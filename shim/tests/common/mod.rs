@@ -40,6 +40,10 @@ pub fn cri_spec() -> Value {
             "readonlyPaths": ["/proc/bus", "/proc/sys"],
             "seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}
         },
-        "annotations": {"io.kubernetes.cri.container-type": "container"}
+        "annotations": {
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": "x",
+            "io.kubernetes.cri.sandbox-uid": "abc"
+        }
     })
 }
