@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: critest test-matrix help up down deps test test-unit test-e2e lint lint-chart build bench crds images
+.PHONY: critest test-matrix volume-table help up down deps test test-unit test-e2e lint lint-chart build bench crds images
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ crds: ## regenerate crds/ from the Rust API types
 
 test-matrix: ## e2e (cluster, runtime, escapes, installer) on every containerd+Kubernetes of VERSION_MATRIX (e2e/versions.env); needs no cluster up
 	bash e2e/runtime-matrix.sh
+
+volume-table: ## the README's volume table (agentsandbox vs runc) from the last e2e run's measurements
+	e2e/volume-table.sh --readme
 
 critest: ## CRI conformance (cri-tools' critest) of the agentsandbox runtime vs runc, on its own containerd (needs `make up`)
 	bash e2e/critest.sh

@@ -76,6 +76,9 @@ named_enum! {
         Network => "network",
         // Installing a seccomp filter of one's own (it could silence the runtime's tripwire).
         Seccomp => "seccomp",
+        // A set-user-id or set-group-id mode bit on a file (it would be set-id to host ids on
+        // the sandbox's idmapped volumes).
+        SetId => "set-id",
         // Anything the runtime could not name.
         Other => "other",
     }

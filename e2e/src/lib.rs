@@ -876,6 +876,104 @@ pub async fn wait_new_node_agent(cluster: &Cluster, old: &str) -> Result<String>
     .await
 }
 
+/// `sh -c SCRIPT` in the first container of `pod`: (exit code, stdout, stderr).
+pub fn sh(cluster: &Cluster, namespace: &str, pod: &str, script: &str) -> (i32, String, String) {
+    cluster.exec(namespace, pod, &["sh", "-c", script])
+}
+
+/// A PersistentVolumeClaim of the cluster's default class (local PVs whose root directory is
+/// root-owned 0755, as a CSI driver's is).
+pub fn claim_yaml(namespace: &str, name: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "16Mi"}},
+        },
+    })
+    .to_string()
+}
+
+/// The host directory of a bound claim's local PersistentVolume.
+pub fn claim_host_path(cluster: &Cluster, namespace: &str, claim: &str) -> Result<PathBuf> {
+    let volume = cluster.kubectl_ok(&[
+        "-n",
+        namespace,
+        "get",
+        "pvc",
+        claim,
+        "-o",
+        "jsonpath={.spec.volumeName}",
+    ])?;
+    let path = cluster.kubectl_ok(&[
+        "get",
+        "pv",
+        volume.trim(),
+        "-o",
+        "jsonpath={.spec.local.path}{.spec.hostPath.path}",
+    ])?;
+    let path = path.trim();
+    if path.is_empty() {
+        bail!("claim {namespace}/{claim} is not bound to a local volume");
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// A file's owner and mode as the host sees it: "uid:gid octal-mode" (mode with its set-id
+/// bits, e.g. "0:0 4755").
+pub fn host_stat(path: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    Ok(format!(
+        "{}:{} {:o}",
+        meta.uid(),
+        meta.gid(),
+        meta.mode() & 0o7777
+    ))
+}
+
+/// One row of the README's table "what works in a volume under agentsandbox vs runc",
+/// written by the e2e tests that measured it (`make volume-table` puts them in the README).
+/// `order` places the row in the table.
+pub fn record_volume_row(order: u32, case: &str, agentsandbox: &str, runc: &str) {
+    let dir = state_dir().join("volume-table");
+    let _ = std::fs::create_dir_all(&dir);
+    let slug: String = case
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let _ = std::fs::write(
+        dir.join(format!("{order:03}-{slug}.row")),
+        format!("| {case} | {agentsandbox} | {runc} |\n"),
+    );
+}
+
+/// "ok" for an exit code 0, else what the command said (its last stderr line).
+pub fn outcome(result: &(i32, String, String)) -> String {
+    if result.0 == 0 {
+        "ok".to_string()
+    } else {
+        let said = result
+            .2
+            .lines()
+            // The command's own last word, not kubectl's "command terminated with exit code N".
+            .rfind(|l| !l.trim().is_empty() && !l.starts_with("command terminated"))
+            .unwrap_or("")
+            .trim();
+        let said = said.rsplit(": ").next().unwrap_or(said);
+        format!("refused ({said})")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -453,6 +453,76 @@ async fn invalid_sandboxes_are_refused_by_the_api_server_naming_the_field() {
             "spec: {image: a:1, podTemplate: {labels: {agentsandbox.io/name: x}}}",
             "keys under agentsandbox.io/ are reserved",
         ),
+        (
+            "files with both sources",
+            "spec: {image: a:1, files: [{path: /etc/agent, secret: {name: s}, configMap: {name: c}}]}",
+            "each entry takes exactly one of secret or configMap",
+        ),
+        (
+            "files with no source",
+            "spec: {image: a:1, files: [{path: /etc/agent}]}",
+            "each entry takes exactly one of secret or configMap",
+        ),
+        (
+            "files at a relative path",
+            "spec: {image: a:1, files: [{path: etc/agent, secret: {name: s}}]}",
+            "spec.files[].path must be an absolute, normalized path",
+        ),
+        (
+            "files at a path with ..",
+            "spec: {image: a:1, files: [{path: /etc/agent/../../proc, secret: {name: s}}]}",
+            "spec.files[].path must be an absolute, normalized path",
+        ),
+        (
+            "files under /proc",
+            "spec: {image: a:1, files: [{path: /proc/self, secret: {name: s}}]}",
+            "cannot be under /proc, /sys or /dev",
+        ),
+        (
+            "files over /etc",
+            "spec: {image: a:1, files: [{path: /etc, configMap: {name: c}}]}",
+            "cannot replace a system directory",
+        ),
+        (
+            "files inside the workspace",
+            "spec: {image: a:1, workspace: {}, files: [{path: /workspace/creds, secret: {name: s}}]}",
+            "a path cannot be the workspace's mountPath, inside it or above it",
+        ),
+        (
+            "files above the workspace",
+            "spec: {image: a:1, workspace: {mountPath: /data/work}, files: [{path: /data, secret: {name: s}}]}",
+            "a path cannot be the workspace's mountPath, inside it or above it",
+        ),
+        (
+            "files inside other files",
+            "spec: {image: a:1, files: [{path: /etc/agent, secret: {name: s}}, {path: /etc/agent/ca, configMap: {name: c}}]}",
+            "one entry's path cannot be inside another's",
+        ),
+        (
+            "files twice at one path",
+            "spec: {image: a:1, files: [{path: /etc/agent, secret: {name: s}}, {path: /etc/agent, configMap: {name: c}}]}",
+            "Duplicate value",
+        ),
+        (
+            "file item escaping its directory",
+            "spec: {image: a:1, files: [{path: /etc/agent, secret: {name: s, items: [{key: k, path: ../k}]}}]}",
+            "spec.files[].items[].path must be relative and cannot contain '..'",
+        ),
+        (
+            "file mode above 0777",
+            "spec: {image: a:1, files: [{path: /etc/agent, secret: {name: s, defaultMode: 4589}}]}",
+            "defaultMode",
+        ),
+        (
+            "fsGroup outside the sandbox's ids",
+            "spec: {image: a:1, podTemplate: {fsGroup: 70000}}",
+            "spec.podTemplate.fsGroup",
+        ),
+        (
+            "supplemental group outside the sandbox's ids",
+            "spec: {image: a:1, podTemplate: {supplementalGroups: [100, 65536]}}",
+            "each group must be between 0 and 65535",
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (what, spec, expected)) in cases.iter().enumerate() {
@@ -477,6 +547,20 @@ async fn invalid_sandboxes_are_refused_by_the_api_server_naming_the_field() {
             .items
             .is_empty(),
         "nothing was stored"
+    );
+    // What the rules must still accept (a server-side dry run: validated, not stored).
+    let valid = format!(
+        "apiVersion: agentsandbox.io/v1alpha1\nkind: AgentSandbox\nmetadata: {{name: good, namespace: {}}}\n\
+         spec: {{image: a:1, workspace: {{}}, podTemplate: {{fsGroup: 2000, supplementalGroups: [3000]}}, \
+         files: [{{path: /etc/agent, secret: {{name: creds, defaultMode: 256, items: [{{key: id, path: ssh/id_ed25519, mode: 384}}]}}}}, \
+         {{path: /home/agent/.config/tool, configMap: {{name: cfg.v1}}}}, {{path: /workspace-ca, configMap: {{name: ca}}}}]}}\n",
+        ns.name
+    );
+    let output = cluster.kubectl_stdin_output(&["create", "--dry-run=server", "-f", "-"], &valid);
+    assert!(
+        output.status.success(),
+        "a valid spec with files is accepted: {}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }
 

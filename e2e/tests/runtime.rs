@@ -338,10 +338,20 @@ fn refused(cluster: &Cluster, namespace: &str, name: &str, pod: &Pod, refusals: 
             .then_some(describe)
     })
     .unwrap();
-    let phase = cluster
-        .pod_field(namespace, name, "{.status.phase}")
+    // The container never ran. (Not the pod phase: with containerd 1.7 a refused start is
+    // recorded as a terminated container, which the kubelet counts as "restarting", so the
+    // phase of a restartPolicy Always pod reads Running.)
+    let started = cluster
+        .pod_field(
+            namespace,
+            name,
+            "{.status.containerStatuses[*].started}{.status.containerStatuses[*].state.running}",
+        )
         .unwrap();
-    assert_ne!(phase, "Running");
+    assert!(
+        !started.contains("true") && !started.contains("startedAt"),
+        "{started}"
+    );
     message
 }
 

@@ -72,6 +72,7 @@ pub const GROUP: &str = "agentsandbox.io";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.files) || !has(self.workspace) || self.files.all(f, f.path != self.workspace.mountPath && !f.path.startsWith(self.workspace.mountPath + '/') && !self.workspace.mountPath.startsWith(f.path + '/'))").message("spec.files: a path cannot be the workspace's mountPath, inside it or above it (the workspace is writable, files are read-only); choose another directory"))]
 pub struct AgentSandboxSpec {
     /// Container image the agent runs in. Give an explicit tag or digest.
     #[schemars(length(min = 1, max = 1024))]
@@ -122,6 +123,17 @@ pub struct AgentSandboxSpec {
     /// A persistent volume mounted into the sandbox, kept across suspend/resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<Workspace>,
+
+    /// Files from Secrets and ConfigMaps, mounted read-only at directories you choose
+    /// (credential files, CA bundles, configuration). The kubelet keeps them up to date as
+    /// the Secret or ConfigMap changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(
+        merge_strategy = ListMerge::Map(vec!["path".into()]),
+        validation = Rule::new("self.all(a, self.all(b, !b.path.startsWith(a.path + '/')))").message("spec.files: one entry's path cannot be inside another's; give them separate directories")
+    )]
+    pub files: Option<Vec<FileMount>>,
 
     /// When the sandbox ends by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,6 +201,89 @@ pub struct PodTemplate {
     /// Secrets used to pull the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+
+    /// Group that owns the workspace and `files` (the kubelet's pod `fsGroup`), also added to
+    /// the agent's groups. It means the same inside the sandbox as under any runtime (volumes
+    /// are idmapped into the sandbox's user namespace). Defaults to 1000 for a NonRoot agent
+    /// with a workspace or files, so that it can write the one and read the other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65535))]
+    pub fs_group: Option<i64>,
+
+    /// Further groups of the agent's process (the pod's `supplementalGroups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(g, g >= 0 && g <= 65535)").message("spec.podTemplate.supplementalGroups: each group must be between 0 and 65535 (the ids a sandbox has)"))]
+    pub supplemental_groups: Option<Vec<i64>>,
+}
+
+/// Files from one Secret or ConfigMap, mounted read-only as a directory.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secret) != has(self.configMap)").message("spec.files: each entry takes exactly one of secret or configMap"))]
+pub struct FileMount {
+    /// Directory in the container where the files appear, read-only, e.g. /etc/agent/creds.
+    /// Absolute and normalized; not under /proc, /sys or /dev, not a top-level system
+    /// directory (/etc, /usr, /tmp, ...) and not the workspace.
+    #[schemars(length(min = 2, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.endsWith('/') && !self.contains('//') && !self.matches('/\\\\.\\\\.?(/|$)')").message("spec.files[].path must be an absolute, normalized path (no trailing slash, no // and no . or .. segments), e.g. /etc/agent/creds"))]
+    #[x_kube(validation = Rule::new("!['/proc', '/sys', '/dev'].exists(p, self == p || self.startsWith(p + '/'))").message("spec.files[].path cannot be under /proc, /sys or /dev"))]
+    #[x_kube(validation = Rule::new("!(self in ['/bin', '/boot', '/etc', '/home', '/lib', '/lib32', '/lib64', '/libx32', '/opt', '/root', '/run', '/sbin', '/srv', '/tmp', '/usr', '/var', '/etc/hosts', '/etc/hostname', '/etc/resolv.conf'])").message("spec.files[].path cannot replace a system directory or a file the kubelet manages; use a directory below it, e.g. /etc/agent"))]
+    pub path: String,
+
+    /// Files from a Secret in the sandbox's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<FileSource>,
+
+    /// Files from a ConfigMap in the sandbox's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<FileSource>,
+}
+
+/// Which object, which keys and which modes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileSource {
+    /// Name of the Secret or ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("spec.files[].name must be the name of a Secret or ConfigMap (lowercase DNS subdomain)"))]
+    pub name: String,
+
+    /// Keys to mount, each as a file at its own path; all keys (each as a file named after
+    /// it) when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub items: Option<Vec<FileItem>>,
+
+    /// Mode of the files, as an integer: 0644 (420) when omitted; 0400 (256) for a key only
+    /// its owner may read. With fsGroup, group-readable modes (0440 = 288) let a NonRoot
+    /// agent read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 511))]
+    pub default_mode: Option<i32>,
+
+    /// Start the sandbox even if the object (or a listed key) does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// One key of a Secret or ConfigMap, as a file.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileItem {
+    /// The key in the Secret or ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+
+    /// The file's path relative to the entry's directory, e.g. id_ed25519 or ssh/config.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.matches('(^|/)\\\\.\\\\.(/|$)')").message("spec.files[].items[].path must be relative and cannot contain '..'"))]
+    pub path: String,
+
+    /// Mode of this file (overrides defaultMode), as an integer, e.g. 256 for 0400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 511))]
+    pub mode: Option<i32>,
 }
 
 /// How the sandbox is isolated.

@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, KeyToPath,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+    PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -22,8 +23,8 @@ use kube::{Resource, ResourceExt};
 use agentsandbox_contract::{EgressPolicy, EgressPort, EgressRule, PodIdentity, PodPolicy};
 
 use crate::api::{
-    AgentSandbox, AgentUser, EgressMode, ImagePullPolicy, IsolationProfile, Protocol, LABEL_PREFIX,
-    NON_ROOT_UID,
+    AgentSandbox, AgentUser, EgressMode, FileSource, ImagePullPolicy, IsolationProfile, Protocol,
+    LABEL_PREFIX, NON_ROOT_UID,
 };
 
 /// Label carrying the sandbox's name on every object it owns; the Service and the
@@ -287,6 +288,60 @@ pub fn desired_pod(
         });
     }
 
+    for (index, files) in spec.files.iter().flatten().enumerate() {
+        let name = format!("files-{index}");
+        let items = |source: &FileSource| {
+            source.items.as_ref().map(|items| {
+                items
+                    .iter()
+                    .map(|item| KeyToPath {
+                        key: item.key.clone(),
+                        path: item.path.clone(),
+                        mode: item.mode,
+                        ..KeyToPath::default()
+                    })
+                    .collect()
+            })
+        };
+        let mut volume = Volume {
+            name: name.clone(),
+            ..Volume::default()
+        };
+        if let Some(secret) = &files.secret {
+            volume.secret = Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: items(secret),
+                default_mode: secret.default_mode,
+                optional: secret.optional,
+                ..SecretVolumeSource::default()
+            });
+        } else if let Some(config_map) = &files.config_map {
+            volume.config_map = Some(ConfigMapVolumeSource {
+                name: config_map.name.clone(),
+                items: items(config_map),
+                default_mode: config_map.default_mode,
+                optional: config_map.optional,
+                ..ConfigMapVolumeSource::default()
+            });
+        }
+        volumes.push(volume);
+        // The whole directory, never a subPath: the kubelet swaps the directory's contents
+        // atomically when the object changes, which a subPath mount would never see.
+        mounts.push(VolumeMount {
+            name,
+            mount_path: files.path.clone(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    let has_volumes =
+        spec.workspace.is_some() || spec.files.as_ref().is_some_and(|f| !f.is_empty());
+    // A NonRoot agent (uid 1000) writes a workspace whose root directory is root's (most
+    // storage classes) and reads group-readable files through its fsGroup.
+    let fs_group = template
+        .fs_group
+        .or_else(|| (!root && has_volumes).then_some(NON_ROOT_UID));
+
     let ports: Vec<ContainerPort> = spec
         .network
         .expose
@@ -368,6 +423,11 @@ pub fn desired_pod(
             image_pull_secrets: template.image_pull_secrets,
             security_context: Some(PodSecurityContext {
                 seccomp_profile: Some(runtime_default()),
+                fs_group,
+                // Only when the volume's root does not already have the group: a large
+                // workspace is not walked again on every start.
+                fs_group_change_policy: fs_group.map(|_| "OnRootMismatch".to_string()),
+                supplemental_groups: template.supplemental_groups.clone(),
                 ..PodSecurityContext::default()
             }),
             containers: vec![container],

@@ -570,3 +570,83 @@ fn a_restricted_namespace_gets_a_non_root_agent_unless_the_sandbox_says_root() {
     );
     assert_eq!(non_root.run_as_user, Some(1000));
 }
+
+#[test]
+fn files_become_read_only_secret_and_config_map_volumes_mounted_as_directories() {
+    let s = sandbox(json!({
+        "image": "agent:1",
+        "files": [
+            {"path": "/etc/agent/ssh", "secret": {"name": "keys", "defaultMode": 0o400,
+              "items": [{"key": "id", "path": "id_ed25519", "mode": 0o600}], "optional": true}},
+            {"path": "/etc/agent/config", "configMap": {"name": "cfg"}}
+        ]
+    }));
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
+    let spec = pod.spec.as_ref().unwrap();
+    let volumes = spec.volumes.as_ref().unwrap();
+    let secret = volumes.iter().find(|v| v.name == "files-0").unwrap();
+    let secret = secret.secret.as_ref().expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("keys"));
+    assert_eq!(secret.default_mode, Some(0o400));
+    assert_eq!(secret.optional, Some(true));
+    let item = &secret.items.as_ref().unwrap()[0];
+    assert_eq!(
+        (item.key.as_str(), item.path.as_str(), item.mode),
+        ("id", "id_ed25519", Some(0o600))
+    );
+    let config = volumes.iter().find(|v| v.name == "files-1").unwrap();
+    let config = config.config_map.as_ref().expect("a ConfigMap volume");
+    assert_eq!(config.name, "cfg");
+    assert!(config.items.is_none(), "every key when no items are listed");
+    let mounts = agent(&pod).volume_mounts.as_ref().unwrap();
+    for (name, path) in [
+        ("files-0", "/etc/agent/ssh"),
+        ("files-1", "/etc/agent/config"),
+    ] {
+        let mount = mounts.iter().find(|m| m.name == name).unwrap();
+        assert_eq!(mount.mount_path, path);
+        assert_eq!(mount.read_only, Some(true));
+        assert!(
+            mount.sub_path.is_none(),
+            "a subPath mount would never see the kubelet's updates"
+        );
+    }
+    // A root agent gets no fsGroup unless it asks.
+    assert_eq!(spec.security_context.as_ref().unwrap().fs_group, None);
+}
+
+#[test]
+fn fs_group_defaults_for_a_non_root_agent_with_volumes_and_the_template_wins() {
+    let security = |spec: serde_json::Value| {
+        desired_pod(&sandbox(spec), &settings(), NamespaceSecurity::default())
+            .spec
+            .unwrap()
+            .security_context
+            .unwrap()
+    };
+    let non_root = json!({"image": "agent:1", "isolation": {"user": "NonRoot"}, "workspace": {}});
+    let context = security(non_root);
+    assert_eq!(context.fs_group, Some(1000));
+    assert_eq!(
+        context.fs_group_change_policy.as_deref(),
+        Some("OnRootMismatch")
+    );
+    let without_volumes = security(json!({"image": "agent:1", "isolation": {"user": "NonRoot"}}));
+    assert_eq!(
+        without_volumes.fs_group, None,
+        "no volume, no fsGroup (the pod's hash is unchanged)"
+    );
+    assert_eq!(without_volumes.fs_group_change_policy, None);
+    let chosen = security(json!({
+        "image": "agent:1",
+        "workspace": {},
+        "podTemplate": {"fsGroup": 2000, "supplementalGroups": [3000, 3001]}
+    }));
+    assert_eq!(chosen.fs_group, Some(2000));
+    assert_eq!(chosen.supplemental_groups, Some(vec![3000, 3001]));
+    let root_workspace = security(json!({"image": "agent:1", "workspace": {}}));
+    assert_eq!(
+        root_workspace.fs_group, None,
+        "a root agent owns the workspace through the idmap"
+    );
+}

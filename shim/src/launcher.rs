@@ -240,7 +240,13 @@ fn create(request: &CreateRequest) -> Result<i32> {
         &request.rootfs_target,
         request.idmap.as_ref(),
     )?;
-    mounts::bind_staged(&request.binds)?;
+    mounts::bind_staged(
+        &request.binds,
+        request
+            .idmap
+            .as_ref()
+            .map(|plan| plan.user_namespace.as_path()),
+    )?;
     namespaces::join(&request.joins)?;
     if request.pin_user_namespace.is_some() && request.joins.network.is_some() {
         // Ports below 1024 are "privileged" in a network namespace the host owns, which the

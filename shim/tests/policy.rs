@@ -396,6 +396,10 @@ fn argument_rules_put_the_catch_all_last() {
         ("prctl", "SCMP_ACT_ALLOW", Category::Seccomp),
         ("seccomp", "SCMP_ACT_ALLOW", Category::Seccomp),
         ("personality", "SCMP_ACT_NOTIFY", Category::Kernel),
+        ("chmod", "SCMP_ACT_NOTIFY", Category::SetId),
+        ("fchmodat2", "SCMP_ACT_NOTIFY", Category::SetId),
+        ("openat", "SCMP_ACT_NOTIFY", Category::SetId),
+        ("mknodat", "SCMP_ACT_NOTIFY", Category::SetId),
     ] {
         let rules: Vec<&Value> = profile["syscalls"]
             .as_array()
@@ -482,10 +486,26 @@ fn allowlist_and_notify_list_do_not_overlap_and_everyday_calls_are_allowed() {
         seccomp::ALLOWED.len(),
         "duplicates in the allowlist"
     );
+    let mode_setting: Vec<&str> = seccomp::MODE_SETTING.iter().map(|(s, _)| *s).collect();
+    for conditional in &mode_setting {
+        assert!(
+            !seccomp::ALLOWED.contains(conditional),
+            "{conditional} is allowed unconditionally, so set-id modes would pass"
+        );
+    }
+    assert!(
+        !seccomp::ALLOWED.contains(&"openat2"),
+        "openat2 carries its mode in a struct seccomp cannot read: it must be answered ENOSYS"
+    );
+    for everyday_with_mode in ["openat", "open", "creat", "chmod", "fchmod", "fchmodat"] {
+        assert!(
+            mode_setting.contains(&everyday_with_mode),
+            "{everyday_with_mode} must be allowed for modes without set-id bits"
+        );
+    }
     for everyday in [
         "read",
         "write",
-        "openat",
         "execve",
         "mmap",
         "futex",

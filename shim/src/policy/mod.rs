@@ -390,6 +390,17 @@ fn rewrite_mounts_for_user_namespace(spec: &mut Value) {
     };
     mounts.retain(|m| m["type"] != "cgroup" && m["type"] != "cgroup2");
     for mount in mounts.iter_mut() {
+        // The launcher stages every bind nosuid,nodev; inside the sandbox's user namespace
+        // those flags are locked, so the container's own (re)mount must ask for them too.
+        if is_bind(mount) {
+            let mut options = strings(&mount["options"]);
+            for flag in ["nosuid", "nodev"] {
+                if !options.iter().any(|o| o == flag) {
+                    options.push(flag.to_string());
+                }
+            }
+            mount["options"] = json!(options);
+        }
         if mount["type"] == "sysfs" {
             *mount = json!({
                 "destination": mount["destination"],

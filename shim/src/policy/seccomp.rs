@@ -106,6 +106,38 @@ pub const NOTIFIED: &[Notified] = &[
 /// architecture names.
 pub const DENIED_SILENTLY: &[&str] = &["mbind", "migrate_pages", "move_pages"];
 
+/// Calls that set a file's mode, with the index of their mode argument. A mode with the
+/// set-user-id or set-group-id bit is denied and reported: the sandbox's volumes are
+/// idmapped (a file its root creates is owned by uid 0 on the volume), so a set-id file it
+/// made there would be set-id to host root for whoever mounts the volume without a user
+/// namespace (a runc pod sharing the claim, the node). Inside the sandbox the bits mean
+/// nothing anyway (volumes are nosuid, and no_new_privs is set).
+pub const MODE_SETTING: [(&str, u32); 9] = [
+    ("chmod", 1),
+    ("fchmod", 1),
+    ("fchmodat", 2),
+    ("fchmodat2", 2),
+    ("creat", 1),
+    ("open", 2),
+    ("openat", 3),
+    ("mknod", 1),
+    ("mknodat", 2),
+];
+/// S_ISUID | S_ISGID.
+pub const SET_ID_BITS: u64 = 0o6000;
+
+/// `open` and `openat` with the index of their flags argument: without O_CREAT or O_TMPFILE
+/// the kernel ignores the mode argument (callers may leave anything in that register), so
+/// such opens are allowed whatever it holds.
+pub const OPEN_FLAGS: [(&str, u32); 2] = [("open", 1), ("openat", 2)];
+/// O_CREAT | __O_TMPFILE (the same values on x86_64 and aarch64).
+pub const CREATING_OPEN_FLAGS: u64 = 0o100 | 0o20000000;
+
+/// Calls answered ENOSYS, as if the kernel were older, so that programs take their fallback:
+/// `openat2` passes its mode inside a structure the filter cannot read (and the listener
+/// could read only racily), and every caller falls back to `openat` on ENOSYS.
+pub const ANSWERED_ENOSYS: &[&str] = &["openat2"];
+
 /// Address families a sandbox may open sockets of: local, IPv4, IPv6 and netlink (routing
 /// information, used by ordinary resolvers and `ip`). Every other family (AF_VSOCK reaches
 /// host and VM services, AF_ALG and AF_PACKET are kernel attack surface) is denied and
@@ -158,7 +190,6 @@ pub const ALLOWED: &[&str] = &[
     "capget",
     "capset",
     "chdir",
-    "chmod",
     "chown",
     "chown32",
     "clock_adjtime",
@@ -169,7 +200,6 @@ pub const ALLOWED: &[&str] = &[
     "close_range",
     "connect",
     "copy_file_range",
-    "creat",
     "dup",
     "dup2",
     "dup3",
@@ -194,9 +224,6 @@ pub const ALLOWED: &[&str] = &[
     "fallocate",
     "fanotify_mark",
     "fchdir",
-    "fchmod",
-    "fchmodat",
-    "fchmodat2",
     "fchown",
     "fchown32",
     "fchownat",
@@ -299,8 +326,6 @@ pub const ALLOWED: &[&str] = &[
     "mincore",
     "mkdir",
     "mkdirat",
-    "mknod",
-    "mknodat",
     "mlock",
     "mlock2",
     "mlockall",
@@ -325,9 +350,6 @@ pub const ALLOWED: &[&str] = &[
     "munmap",
     "nanosleep",
     "newfstatat",
-    "open",
-    "openat",
-    "openat2",
     "pause",
     "pidfd_open",
     "pidfd_send_signal",
@@ -525,6 +547,11 @@ pub fn agent_profile(listener_path: &str, listener_metadata: &str) -> Value {
         }));
     }
     rules.extend(conditional_rules(notify_action));
+    rules.push(json!({
+        "names": ANSWERED_ENOSYS,
+        "action": "SCMP_ACT_ERRNO",
+        "errnoRet": ENOSYS,
+    }));
     let mut profile = json!({
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": EPERM,
@@ -600,6 +627,39 @@ fn conditional_rules(notify: &str) -> Vec<Value> {
         vec![masked(0, LOW32, SECCOMP_SET_MODE_FILTER)],
     ));
     rules.push(rule("seccomp", "SCMP_ACT_ALLOW", vec![any(0)]));
+    // open/openat: the flags decide first (so that every rule starts at the same argument,
+    // which is what libseccomp orders correctly): not creating, allowed; creating with a
+    // mode without set-id bits, allowed; anything else, notified.
+    for (syscall, flags) in OPEN_FLAGS {
+        let mode = flags + 1;
+        rules.push(rule(
+            syscall,
+            "SCMP_ACT_ALLOW",
+            vec![masked(flags, CREATING_OPEN_FLAGS, 0)],
+        ));
+        for creating in [0o100, 0o20000000] {
+            rules.push(rule(
+                syscall,
+                "SCMP_ACT_ALLOW",
+                vec![
+                    masked(flags, creating, creating),
+                    masked(mode, SET_ID_BITS, 0),
+                ],
+            ));
+        }
+        rules.push(rule(syscall, notify, vec![any(flags)]));
+    }
+    for (syscall, mode) in MODE_SETTING {
+        if OPEN_FLAGS.iter().any(|(open, _)| *open == syscall) {
+            continue;
+        }
+        rules.push(rule(
+            syscall,
+            "SCMP_ACT_ALLOW",
+            vec![masked(mode, SET_ID_BITS, 0)],
+        ));
+        rules.push(rule(syscall, notify, vec![any(mode)]));
+    }
     for value in PERSONALITY_ALLOWED {
         rules.push(rule("personality", "SCMP_ACT_ALLOW", vec![eq(0, value)]));
     }
@@ -624,6 +684,15 @@ const CONDITIONAL: &[Notified] = &[
     n("prctl", Category::Seccomp),
     n("seccomp", Category::Seccomp),
     n("personality", Category::Kernel),
+    n("chmod", Category::SetId),
+    n("fchmod", Category::SetId),
+    n("fchmodat", Category::SetId),
+    n("fchmodat2", Category::SetId),
+    n("creat", Category::SetId),
+    n("open", Category::SetId),
+    n("openat", Category::SetId),
+    n("mknod", Category::SetId),
+    n("mknodat", Category::SetId),
 ];
 
 /// The category a notified syscall is reported under (`clone` with namespace flags included).

@@ -195,14 +195,23 @@ fn mount_idmapped_overlay(m: &RootfsMount, target: &Path, plan: &IdmapPlan) -> R
 ///
 /// The container's root is an unprivileged host uid: it cannot traverse root-only
 /// directories such as containerd's state or the kubelet's pod directories to reach a volume.
-/// The launcher (still host root) binds each source to a path it can reach. Volumes are plain
-/// binds, never idmapped: an idmapped writable host directory would let the sandbox's root
-/// create files owned by host root (setuid binaries) on the node.
+/// The launcher (still host root) clones each source to a path it can reach, `nosuid,nodev`,
+/// and idmapped into the pod's user namespace (`idmap`): ids on the volume are the ids seen
+/// inside (a root-owned 0755 workspace belongs to the sandbox's root, a 0400 Secret file is
+/// readable by it, `fsGroup` 2000 is group 2000 inside), whatever host range the pod's slot
+/// has, so a workspace keeps its ownership from one pod to the next. What that costs: a file
+/// the sandbox's root creates is owned by uid 0 on the volume, so a set-id bit on it would be
+/// set-id to host root for a reader without a user namespace; the seccomp profile denies
+/// every mode with a set-id bit (`policy::seccomp::MODE_SETTING`) and the sandbox has no
+/// CAP_SETFCAP for file capabilities.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedBind {
     pub source: String,
     pub staged: PathBuf,
     pub recursive: bool,
+    /// Idmapped into the pod's user namespace (every volume; not the read-only /sys view,
+    /// whose filesystem cannot be idmapped and whose ids mean nothing to the sandbox).
+    pub idmap: bool,
 }
 
 /// Rewrites the spec's bind mounts to staged paths under `dir` and returns what to bind.
@@ -230,6 +239,7 @@ pub fn stage_binds(spec: &mut serde_json::Value, dir: &Path) -> Vec<StagedBind> 
             source: source.to_string(),
             staged: path.clone(),
             recursive,
+            idmap: source != "/sys",
         });
         mount["source"] = serde_json::Value::String(path.to_string_lossy().into_owned());
     }
@@ -258,9 +268,18 @@ pub fn open_bind_source(source: &str) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Performs [`stage_binds`]' binds (in the launcher, as host root).
-pub fn bind_staged(binds: &[StagedBind]) -> Result<()> {
+/// Performs [`stage_binds`]' binds (in the launcher, as host root), idmapped into
+/// `user_namespace` when there is one.
+pub fn bind_staged(binds: &[StagedBind], user_namespace: Option<&Path>) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    let user_namespace: Option<OwnedFd> = match user_namespace {
+        Some(path) => Some(
+            fs::File::open(path)
+                .with_context(|| format!("opening {}", path.display()))?
+                .into(),
+        ),
+        None => None,
+    };
     for bind in binds {
         if let Some(parent) = bind.staged.parent() {
             // Traversable (the container's unprivileged root reaches its binds through here)
@@ -279,19 +298,84 @@ pub fn bind_staged(binds: &[StagedBind]) -> Result<()> {
         } else {
             fs::File::create(&bind.staged)?;
         }
-        let mut flags = MsFlags::MS_BIND;
-        if bind.recursive {
-            flags |= MsFlags::MS_REC;
+        let idmap = user_namespace.as_ref().filter(|_| bind.idmap);
+        clone_to(&source, bind, idmap)
+            .with_context(|| format!("staging bind mount {}", bind.source))?;
+    }
+    Ok(())
+}
+
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// Clones the mount tree at the opened `source` (the object checked, not a path), sets
+/// `nosuid,nodev` (and the idmap) on the detached clone, then attaches it at the staged path.
+/// A filesystem that cannot be idmapped (NFS, for one) is staged without the idmap, with a
+/// warning: its ids show inside as they are on the host, as before idmapping.
+fn clone_to(source: &OwnedFd, bind: &StagedBind, idmap: Option<&OwnedFd>) -> Result<()> {
+    let empty = CString::new("")?;
+    let target = cstring(&bind.staged)?;
+    let recursive = if bind.recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: plain syscalls on descriptors we own, with NUL-terminated paths and a correctly
+    // sized attribute structure.
+    unsafe {
+        let tree = libc::syscall(
+            libc::SYS_open_tree,
+            source.as_raw_fd(),
+            empty.as_ptr(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint | recursive,
+        );
+        if tree < 0 {
+            return Err(std::io::Error::last_os_error()).context("open_tree");
         }
-        let opened = format!("/proc/self/fd/{}", source.as_raw_fd());
-        mount(
-            Some(opened.as_str()),
-            &bind.staged,
-            None::<&str>,
-            flags,
-            None::<&str>,
-        )
-        .with_context(|| format!("staging bind mount {}", bind.source))?;
+        let tree = OwnedFd::from_raw_fd(tree as i32);
+        let set_attributes = |extra: u64, userns: u64| {
+            let attr = MountAttr {
+                attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | extra,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: userns,
+            };
+            if libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint | recursive,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            ) < 0
+            {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        match idmap {
+            Some(userns) => {
+                if let Err(error) = set_attributes(MOUNT_ATTR_IDMAP, userns.as_raw_fd() as u64) {
+                    tracing::warn!(
+                        source = %bind.source,
+                        %error,
+                        "this volume's filesystem cannot be idmapped: staged without the idmap (its files show inside with their host ids)"
+                    );
+                    set_attributes(0, 0).context("setting nosuid,nodev")?;
+                }
+            }
+            None => set_attributes(0, 0).context("setting nosuid,nodev")?,
+        }
+        if libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error()).context("move_mount");
+        }
     }
     Ok(())
 }
