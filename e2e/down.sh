@@ -150,8 +150,9 @@ main() {
   remove_network
   remove_cgroups
   restore_sysctls
-  # Keep logs for a post-mortem; everything else goes.
-  find "$STATE" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
+  # Keep logs for a post-mortem and the results the tests measured (make volume-table reads
+  # them); everything else goes.
+  find "$STATE" -mindepth 1 -maxdepth 1 ! -name logs ! -name results -exec rm -rf {} +
   # /run/agentsandbox-node: the node agent's telemetry socket directory (a hostPath).
   rm -rf "$RUN" /run/agentsandbox /run/agentsandbox-node
   # Directories containerd's runc shims create under /run/containerd whatever our state path

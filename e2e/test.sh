@@ -33,7 +33,7 @@ fi
 step "chart: helm lint and kubeconform"
 "$E2E_DIR/chart-check.sh"
 step "e2e tests"
-rm -rf "$STATE/volume-table"
+rm -rf "$STATE/results/volume-table"
 make --no-print-directory test-e2e
 step "volumes under agentsandbox vs runc, as measured by this run"
 "$E2E_DIR/volume-table.sh"

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # `make volume-table`: the README's table "what works in a volume under agentsandbox vs runc",
 # from the rows the last e2e run measured (e2e/tests/volumes*.rs write them to
-# $STATE/volume-table/). Prints the table; with --readme, also replaces it in README.md
-# between its markers.
+# $STATE/results/volume-table/, which make down keeps). Prints the table; with --readme, also
+# replaces it in README.md between its markers.
 # shellcheck source=e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-rows_dir=$STATE/volume-table
+rows_dir=$STATE/results/volume-table
 shopt -s nullglob
 rows=("$rows_dir"/*.row)
 ((${#rows[@]})) || die "no measured rows in $rows_dir: run the e2e tests (make test) first"

@@ -939,7 +939,7 @@ pub fn host_stat(path: &Path) -> Result<String> {
 /// written by the e2e tests that measured it (`make volume-table` puts them in the README).
 /// `order` places the row in the table.
 pub fn record_volume_row(order: u32, case: &str, agentsandbox: &str, runc: &str) {
-    let dir = state_dir().join("volume-table");
+    let dir = state_dir().join("results/volume-table");
     let _ = std::fs::create_dir_all(&dir);
     let slug: String = case
         .chars()
