@@ -9,7 +9,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::chown;
+use std::os::unix::fs::{chown, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -47,56 +47,103 @@ fn cstring(path: &Path) -> Result<CString> {
     Ok(CString::new(path.as_os_str().as_encoded_bytes())?)
 }
 
-/// Mounts `source` again at `target`, with ids shifted by the user namespace's mapping.
-fn idmapped_clone(source: &Path, target: &Path, user_namespace: &OwnedFd) -> Result<()> {
-    let src = cstring(source)?;
-    let dst = cstring(target)?;
-    let empty = CString::new("")?;
-    // SAFETY: plain syscalls with valid, NUL-terminated paths and a correctly sized struct.
-    unsafe {
-        let tree = libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            src.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        );
-        if tree < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("open_tree {}", source.display()));
+/// A detached clone of a mount tree (`open_tree(OPEN_TREE_CLONE)`): attributes are set on it
+/// before anything can see it, then it is attached somewhere.
+struct DetachedTree {
+    fd: OwnedFd,
+    recursive: libc::c_uint,
+}
+
+impl DetachedTree {
+    /// Clones the mount at the opened `source` (the object itself, not a path to it).
+    fn clone_of(source: &OwnedFd, recursive: bool) -> Result<DetachedTree> {
+        let empty = CString::new("")?;
+        let recursive = if recursive { AT_RECURSIVE } else { 0 };
+        // SAFETY: open_tree on a descriptor we own with an empty, NUL-terminated path.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                source.as_raw_fd(),
+                empty.as_ptr(),
+                OPEN_TREE_CLONE
+                    | OPEN_TREE_CLOEXEC
+                    | libc::AT_EMPTY_PATH as libc::c_uint
+                    | recursive,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("open_tree");
         }
-        let tree = OwnedFd::from_raw_fd(tree as i32);
+        // SAFETY: open_tree returned a new descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(DetachedTree { fd, recursive })
+    }
+
+    /// Sets `attr_set` on the clone (and below it, for a recursive clone); `userns` is the
+    /// user namespace of MOUNT_ATTR_IDMAP.
+    fn set(&self, attr_set: u64, userns: Option<&OwnedFd>) -> std::io::Result<()> {
+        let empty = c"";
         let attr = MountAttr {
-            attr_set: MOUNT_ATTR_IDMAP,
+            attr_set,
             attr_clr: 0,
             propagation: 0,
-            userns_fd: user_namespace.as_raw_fd() as u64,
+            userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
         };
-        if libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        ) < 0
-        {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("idmapping {}", source.display()));
-        }
-        if libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            dst.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        ) < 0
-        {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("attaching idmapped {}", target.display()));
+        // SAFETY: mount_setattr on our descriptor with a correctly sized attribute structure.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                self.fd.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint | self.recursive,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
         }
     }
-    Ok(())
+
+    /// Attaches the clone at `target`.
+    fn attach(self, target: &Path) -> Result<()> {
+        let target_c = cstring(target)?;
+        let empty = c"";
+        // SAFETY: move_mount of our descriptor to a NUL-terminated path.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                self.fd.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                target_c.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("move_mount to {}", target.display()));
+        }
+        Ok(())
+    }
+}
+
+/// Mounts `source` again at `target`, with ids shifted by the user namespace's mapping.
+fn idmapped_clone(source: &Path, target: &Path, user_namespace: &OwnedFd) -> Result<()> {
+    // O_PATH: the layer directory itself (following symlinks, as open_tree of the path did).
+    let opened: OwnedFd = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(source)
+        .with_context(|| format!("opening {}", source.display()))?
+        .into();
+    let tree = DetachedTree::clone_of(&opened, false)
+        .with_context(|| format!("cloning {}", source.display()))?;
+    tree.set(MOUNT_ATTR_IDMAP, Some(user_namespace))
+        .with_context(|| format!("idmapping {}", source.display()))?;
+    tree.attach(target)
 }
 
 /// Mounts the container's root filesystem at `target`. Runs in the single-threaded launcher
@@ -315,69 +362,22 @@ const MOUNT_ATTR_NODEV: u64 = 0x4;
 /// A filesystem that cannot be idmapped (NFS, for one) is staged without the idmap, with a
 /// warning: its ids show inside as they are on the host, as before idmapping.
 fn clone_to(source: &OwnedFd, bind: &StagedBind, idmap: Option<&OwnedFd>) -> Result<()> {
-    let empty = CString::new("")?;
-    let target = cstring(&bind.staged)?;
-    let recursive = if bind.recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: plain syscalls on descriptors we own, with NUL-terminated paths and a correctly
-    // sized attribute structure.
-    unsafe {
-        let tree = libc::syscall(
-            libc::SYS_open_tree,
-            source.as_raw_fd(),
-            empty.as_ptr(),
-            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint | recursive,
-        );
-        if tree < 0 {
-            return Err(std::io::Error::last_os_error()).context("open_tree");
-        }
-        let tree = OwnedFd::from_raw_fd(tree as i32);
-        let set_attributes = |extra: u64, userns: u64| {
-            let attr = MountAttr {
-                attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | extra,
-                attr_clr: 0,
-                propagation: 0,
-                userns_fd: userns,
-            };
-            if libc::syscall(
-                libc::SYS_mount_setattr,
-                tree.as_raw_fd(),
-                empty.as_ptr(),
-                libc::AT_EMPTY_PATH as libc::c_uint | recursive,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            ) < 0
-            {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
+    let tree = DetachedTree::clone_of(source, bind.recursive)?;
+    let plain = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    match idmap {
+        Some(userns) => {
+            if let Err(error) = tree.set(plain | MOUNT_ATTR_IDMAP, Some(userns)) {
+                tracing::warn!(
+                    source = %bind.source,
+                    %error,
+                    "this volume's filesystem cannot be idmapped: staged without the idmap (its files show inside with their host ids)"
+                );
+                tree.set(plain, None).context("setting nosuid,nodev")?;
             }
-        };
-        match idmap {
-            Some(userns) => {
-                if let Err(error) = set_attributes(MOUNT_ATTR_IDMAP, userns.as_raw_fd() as u64) {
-                    tracing::warn!(
-                        source = %bind.source,
-                        %error,
-                        "this volume's filesystem cannot be idmapped: staged without the idmap (its files show inside with their host ids)"
-                    );
-                    set_attributes(0, 0).context("setting nosuid,nodev")?;
-                }
-            }
-            None => set_attributes(0, 0).context("setting nosuid,nodev")?,
         }
-        if libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        ) < 0
-        {
-            return Err(std::io::Error::last_os_error()).context("move_mount");
-        }
+        None => tree.set(plain, None).context("setting nosuid,nodev")?,
     }
-    Ok(())
+    tree.attach(&bind.staged)
 }
 
 /// Unmounts everything mounted at or below `dir` (deepest first) and removes it: what a
