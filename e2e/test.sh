@@ -12,10 +12,23 @@ make --no-print-directory lint
 step "unit tests"
 make --no-print-directory test-unit
 
+# What a failed run needs to tell eviction from a product fault: the node's pressure
+# conditions and the free space of the disk the node and the builds share.
+node_pressure_report() {
+  [[ -z ${PRESSURE_REPORTED:-} ]] || return 0
+  PRESSURE_REPORTED=1
+  step "node conditions and free space at the failure"
+  kubectl_admin get node -o jsonpath='{range .items[*].status.conditions[*]}{.type}={.status} {end}{"\n"}' || true
+  df -h "$ROOT" "$STATE" || true
+}
+
 # Stops the cluster this run started and checks the machine is clean; keeps the exit code
 # of the tests unless cleaning up fails.
 stop_cluster() {
   local rc=$?
+  if [[ $rc -ne 0 ]]; then
+    node_pressure_report
+  fi
   step "stopping the cluster this run started"
   "$E2E_DIR/down.sh" || rc=1
   "$E2E_DIR/leftovers.sh" || rc=1
@@ -32,9 +45,9 @@ fi
 "$E2E_DIR/up.sh"
 step "chart: helm lint and kubeconform"
 "$E2E_DIR/chart-check.sh"
-step "e2e tests"
+step "e2e tests ($(df -h --output=avail "$ROOT" | tail -1 | tr -d ' ') free on the node's disk)"
 rm -rf "$STATE/results/volume-table"
-make --no-print-directory test-e2e
+make --no-print-directory test-e2e || { rc=$?; node_pressure_report; exit "$rc"; }
 step "volumes under agentsandbox vs runc, as measured by this run"
 "$E2E_DIR/volume-table.sh"
 step "all tests passed"

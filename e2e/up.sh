@@ -346,6 +346,10 @@ import_images() {
 
 start_kubelet() {
   mkdir -p "$STATE/kubelet"
+  # Eviction thresholds are absolute: the node's disk is the developer's disk, shared with
+  # cargo's build trees, and a percentage of a large disk can evict the product mid-test (the
+  # likely cause of a red CI: a cold build beside a stale target/ left 2% free, and every
+  # Deployment pod was gone when helm --wait gave up).
   # Pods with dnsPolicy Default get this file instead of the machine's resolver, so no pod is
   # handed a name server outside the cluster.
   printf 'nameserver %s\nsearch %s\n' "$CLUSTER_DNS_IP" "$CLUSTER_DOMAIN" | write_if_changed "$STATE/kubelet/resolv.conf"
@@ -372,7 +376,7 @@ clusterDNS: [$CLUSTER_DNS_IP]
 clusterDomain: $CLUSTER_DOMAIN
 resolvConf: $STATE/kubelet/resolv.conf
 serializeImagePulls: false
-evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%, nodefs.inodesFree: 2%}
+evictionHard: {memory.available: 100Mi, nodefs.available: 1Gi, imagefs.available: 1Gi, nodefs.inodesFree: 2%}
 imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
 EOF
