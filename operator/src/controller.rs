@@ -14,7 +14,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
-use kube::runtime::watcher;
+use kube::runtime::utils::PredicateConfig;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
@@ -148,6 +149,33 @@ pub async fn check_crd(client: &Client) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot list AgentSandboxes ({e}): is the CRD installed (crds/) and may this service account list them?"))
 }
 
+/// What of an AgentSandbox asks for a reconcile: its identity, spec (generation), deletion,
+/// finalizers, labels, annotations and the escape response the node agent recorded (it
+/// quarantines or kills the pod). The rest of the status is written by the operator itself or
+/// reported by the node agent (activity, escape counts): those changes need no decision, and
+/// deadlines that depend on them (idle timeout, TTL) are requeue timers.
+pub fn reconcile_trigger(sandbox: &AgentSandbox) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let meta = &sandbox.metadata;
+    meta.uid.hash(&mut hasher);
+    meta.generation.hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.labels.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    sandbox
+        .status
+        .as_ref()
+        .and_then(|s| s.security.as_ref())
+        .and_then(|s| serde_json::to_string(&s.response).ok())
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// The controller: AgentSandboxes, and the objects they own (watched by the operator's label).
 pub fn controller(client: Client) -> Controller<AgentSandbox> {
     let owned = watcher::Config::default().labels(&format!(
@@ -155,14 +183,22 @@ pub fn controller(client: Client) -> Controller<AgentSandbox> {
         crate::resources::LABEL_MANAGED_BY,
         crate::resources::MANAGED_BY
     ));
-    Controller::new(
+    // The store sees every change (so a reconcile reads the newest status); only changes
+    // that need a decision trigger one (`reconcile_trigger`).
+    let (reader, writer) = kube::runtime::reflector::store();
+    let trigger = watcher::watcher(
         Api::<AgentSandbox>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client.clone()), owned.clone())
-    .owns(Api::<Service>::all(client.clone()), owned.clone())
-    .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
-    .owns(Api::<PersistentVolumeClaim>::all(client), owned)
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(reconcile_trigger, PredicateConfig::default());
+    Controller::for_stream(trigger, reader)
+        .owns(Api::<Pod>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
+        .owns(Api::<PersistentVolumeClaim>::all(client), owned)
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -412,6 +448,18 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
         now: Time(now),
     };
     let status = observe(&observation);
+    if observed.finished_at.is_none() {
+        let finished = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == crate::status::FINISHED && c.status == "True");
+        if let Some(left) = finished.and_then(|c| {
+            lifecycle::requeue_after_finishing(observed.lifetime, c.last_transition_time.0, now)
+        }) {
+            requeue = requeue.min(left);
+        }
+    }
     if sandbox.status.as_ref().and_then(|s| s.phase) != status.phase {
         info!(sandbox = %name, %namespace, phase = ?status.phase, "phase changed");
     }

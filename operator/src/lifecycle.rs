@@ -149,6 +149,28 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     (number.is_empty() && !text.is_empty()).then_some(Duration::from_secs(total))
 }
 
+/// How long until `ttlSecondsAfterFinished` runs out for a sandbox that finished at
+/// `finished` (zero once it has), if it has a TTL and has finished.
+pub fn ttl_left(
+    lifetime: &Lifetime,
+    finished: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<Duration> {
+    let ttl = lifetime.ttl_seconds_after_finished?;
+    Some(until(finished? + SignedDuration::from_secs(ttl), now))
+}
+
+/// When to look again at a sandbox whose status this reconcile turns Finished: its own
+/// status write does not trigger a reconcile (`controller::reconcile_trigger`), so the TTL's
+/// deadline must be a timer from here.
+pub fn requeue_after_finishing(
+    lifetime: &Lifetime,
+    finished: Timestamp,
+    now: Timestamp,
+) -> Option<Duration> {
+    ttl_left(lifetime, Some(finished), now).map(|left| left + AFTER_DEADLINE)
+}
+
 /// The rules, in order: the sandbox's own end (shutdown with Delete, TTL), idle suspension,
 /// then what its pod needs.
 pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
@@ -163,11 +185,10 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         requeue = requeue.min(until(t.0, now) + AFTER_DEADLINE);
     }
 
-    if let (Some(ttl), Some(finished)) = (lifetime.ttl_seconds_after_finished, observed.finished_at)
-    {
-        let left = until(finished + SignedDuration::from_secs(ttl), now);
+    if let Some(left) = ttl_left(lifetime, observed.finished_at, now) {
         if left == Duration::ZERO {
-            return Plan::DeleteSandbox(SandboxDeletion::TtlExpired { ttl_seconds: ttl });
+            let ttl_seconds = lifetime.ttl_seconds_after_finished.unwrap_or_default();
+            return Plan::DeleteSandbox(SandboxDeletion::TtlExpired { ttl_seconds });
         }
         requeue = requeue.min(left + AFTER_DEADLINE);
     }

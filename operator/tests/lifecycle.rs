@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use agentsandbox_operator::api::{ActivityStatus, Lifetime, OperatingMode, ShutdownPolicy};
 use agentsandbox_operator::lifecycle::{
-    idle_for, parse_duration, plan, Observed, ObservedPod, Plan, PodDeletion, PodStep,
-    SandboxDeletion, RESYNC,
+    idle_for, parse_duration, plan, requeue_after_finishing, Observed, ObservedPod, Plan,
+    PodDeletion, PodStep, SandboxDeletion, RESYNC,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -169,6 +169,27 @@ fn a_finished_sandbox_is_deleted_when_its_ttl_runs_out() {
     // Not finished: no TTL.
     o.finished_at = None;
     assert_eq!(plan(&o, t(1000)), run(PodStep::Keep, RESYNC));
+}
+
+#[test]
+fn the_reconcile_that_finishes_a_sandbox_sets_the_ttl_timer_itself() {
+    // Its own status write wakes no reconcile, so the TTL must come from this requeue.
+    let lifetime = Lifetime {
+        ttl_seconds_after_finished: Some(30),
+        ..Lifetime::default()
+    };
+    assert_eq!(
+        requeue_after_finishing(&lifetime, t(0), t(0)),
+        Some(Duration::from_millis(30_100))
+    );
+    assert_eq!(
+        requeue_after_finishing(&lifetime, t(0), t(40)),
+        Some(Duration::from_millis(100))
+    );
+    assert_eq!(
+        requeue_after_finishing(&Lifetime::default(), t(0), t(0)),
+        None
+    );
 }
 
 fn activity(sampled: i64, active: Option<i64>) -> ActivityStatus {
