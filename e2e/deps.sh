@@ -9,6 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 APT_PACKAGES=(
   containernetworking-plugins                 # CNI plugins (containerd and runc are built)
   iptables conntrack ethtool socat iproute2   # kubelet / kube-proxy node requirements
+  nftables                                    # the shim's in-pod firewall (nft)
   busybox-static                              # the test image's userland
   openssl curl                                # cluster certificates, health checks
   gcc libc6-dev                               # the static pause binary

@@ -8,7 +8,9 @@ mod egress;
 mod escape;
 mod pod_policy;
 
-pub use egress::{EgressMode, EgressPolicy, EgressPort, EgressRule, Protocol};
+pub use egress::{
+    host_matches, EgressMode, EgressPolicy, EgressPort, EgressRule, Protocol, TtlBounds,
+};
 pub use escape::{Category, EscapeResponse, ResponseTaken};
 pub use pod_policy::{IsolationProfile, PodIdentity, PodPolicy, PolicyError, SeccompProfileChoice};
 

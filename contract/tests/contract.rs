@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use agentsandbox_contract::{
     annotations, Category, EgressMode, EgressPolicy, EgressPort, EgressRule, EscapeResponse,
     IsolationProfile, PodIdentity, PodPolicy, PolicyError, Protocol, ResponseTaken,
-    SeccompProfileChoice,
+    SeccompProfileChoice, TtlBounds,
 };
 
 fn full_policy() -> PodPolicy {
@@ -20,14 +20,33 @@ fn full_policy() -> PodPolicy {
         on_escape: EscapeResponse::Quarantine,
         egress: EgressPolicy {
             mode: EgressMode::Deny,
-            allow: vec![EgressRule {
-                cidr: "10.20.0.0/16".into(),
-                ports: vec![EgressPort {
-                    port: 443,
-                    protocol: Protocol::Udp,
-                }],
-            }],
+            allow: vec![
+                EgressRule {
+                    cidr: "10.20.0.0/16".into(),
+                    ports: vec![EgressPort {
+                        port: 443,
+                        protocol: Protocol::Udp,
+                    }],
+                    ..EgressRule::default()
+                },
+                EgressRule {
+                    host: "*.example.com".into(),
+                    ports: vec![EgressPort {
+                        port: 443,
+                        protocol: Protocol::Tcp,
+                    }],
+                    ..EgressRule::default()
+                },
+            ],
             dns: true,
+            ingress: vec![EgressPort {
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
+            host_ttl: TtlBounds {
+                min_seconds: 5,
+                max_seconds: 600,
+            },
         },
     }
 }
@@ -45,7 +64,11 @@ fn egress_json_is_the_documented_shape() {
     let json = &full_policy().to_annotations()[annotations::EGRESS];
     assert_eq!(
         json,
-        r#"{"mode":"Deny","allow":[{"cidr":"10.20.0.0/16","ports":[{"port":443,"protocol":"UDP"}]}],"dns":true}"#
+        concat!(
+            r#"{"mode":"Deny","allow":[{"cidr":"10.20.0.0/16","ports":[{"port":443,"protocol":"UDP"}]},"#,
+            r#"{"host":"*.example.com","ports":[{"port":443,"protocol":"TCP"}]}],"dns":true,"#,
+            r#""ingress":[{"port":8080,"protocol":"TCP"}],"hostTTL":{"minSeconds":5,"maxSeconds":600}}"#
+        )
     );
 }
 
@@ -103,4 +126,36 @@ fn every_name_parses_back_to_itself() {
 fn responses_are_ordered_by_strength() {
     assert!(ResponseTaken::Denied < ResponseTaken::Killed);
     assert!(ResponseTaken::Killed < ResponseTaken::Quarantined);
+}
+
+#[test]
+fn a_host_pattern_matches_its_name_or_exactly_one_label_more() {
+    use agentsandbox_contract::host_matches;
+    assert!(host_matches("pypi.org", "pypi.org"));
+    assert!(host_matches("pypi.org", "PyPI.org."));
+    assert!(!host_matches("pypi.org", "files.pypi.org"));
+    assert!(!host_matches("pypi.org", "xpypi.org"));
+    assert!(host_matches("*.wild.test", "a.wild.test"));
+    assert!(host_matches("*.wild.test", "A.WILD.test."));
+    assert!(!host_matches("*.wild.test", "b.c.wild.test"));
+    assert!(!host_matches("*.wild.test", "wild.test"));
+    assert!(!host_matches("*.wild.test", ".wild.test"));
+    assert!(!host_matches("*.wild.test", "awild.test"));
+}
+
+#[test]
+fn a_resolved_address_stays_open_for_its_ttl_within_the_bounds() {
+    let bounds = TtlBounds {
+        min_seconds: 5,
+        max_seconds: 600,
+    };
+    assert_eq!(bounds.clamp(0), 5);
+    assert_eq!(bounds.clamp(60), 60);
+    assert_eq!(bounds.clamp(86_400), 600);
+    // A minimum above the maximum wins (the API server refuses it; the shim stays safe).
+    let odd = TtlBounds {
+        min_seconds: 50,
+        max_seconds: 10,
+    };
+    assert_eq!(odd.clamp(1), 50);
 }

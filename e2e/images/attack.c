@@ -12,7 +12,11 @@
  *        agentsandbox-attack flood-threads T S     T threads of unshare(CLONE_NEWUSER) for S
  *                                                  seconds; prints the total attempts, waits
  *        agentsandbox-attack cost N                ns per call of a notified syscall
- *                                                  (unshare) vs an errno-only one (mbind) */
+ *                                                  (unshare) vs an errno-only one (mbind)
+ *        agentsandbox-attack udp-chat LPORT IP PORT S  for S seconds, from UDP port LPORT, sends
+ *                                                  "from-LPORT" to IP:PORT every 200 ms (send
+ *                                                  errors ignored) and prints "got <payload>"
+ *                                                  for every datagram received; then exits */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -29,6 +33,8 @@
 #include <sys/socket.h>
 #include <sys/sysmacros.h>
 #include <netinet/in.h>
+#include <arpa/inet.h>
+#include <sys/time.h>
 #include <stdint.h>
 #include <pthread.h>
 #include <sched.h>
@@ -494,6 +500,38 @@ static int cost(long count) {
   return 0;
 }
 
+/* udp-chat: both ends of a UDP exchange on fixed ports, to tell whether a datagram sent in
+ * opens a way back out (conntrack ESTABLISHED). */
+static int udp_chat(int local_port, const char *ip, int port, long seconds) {
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  struct sockaddr_in local = {.sin_family = AF_INET, .sin_port = htons(local_port)};
+  struct sockaddr_in peer = {.sin_family = AF_INET, .sin_port = htons(port)};
+  if (fd < 0 || bind(fd, (struct sockaddr *)&local, sizeof local) != 0 ||
+      inet_pton(AF_INET, ip, &peer.sin_addr) != 1) {
+    printf("udp-chat setup %s\n", strerror(errno));
+    return 1;
+  }
+  struct timeval wait = {.tv_sec = 0, .tv_usec = 200000};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  char message[32], buf[128];
+  snprintf(message, sizeof message, "from-%d", local_port);
+  long long end = mono_ns() + seconds * 1000000000LL, next_send = 0;
+  int printed = 0;
+  while (mono_ns() < end) {
+    if (mono_ns() >= next_send) {
+      sendto(fd, message, strlen(message), 0, (struct sockaddr *)&peer, sizeof peer);
+      next_send = mono_ns() + 200000000LL;
+    }
+    ssize_t got = recv(fd, buf, sizeof buf - 1, 0);
+    if (got > 0 && printed < 10) {
+      buf[got] = 0;
+      printf("got %s\n", buf);
+      printed++;
+    }
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   size_t n = sizeof techniques / sizeof techniques[0];
   setvbuf(stdout, NULL, _IOLBF, 0);
@@ -501,6 +539,8 @@ int main(int argc, char **argv) {
   if (argc == 4 && strcmp(argv[1], "paced") == 0) return paced(atol(argv[2]), atol(argv[3]));
   if (argc == 3 && strcmp(argv[1], "cost") == 0) return cost(atol(argv[2]));
   if (argc == 4 && strcmp(argv[1], "flood-threads") == 0) return flood_threads(atol(argv[2]), atol(argv[3]));
+  if (argc == 6 && strcmp(argv[1], "udp-chat") == 0)
+    return udp_chat(atoi(argv[2]), argv[3], atoi(argv[4]), atol(argv[5]));
   for (size_t i = 0; i < n; i++) {
     int wanted = argc < 2;
     for (int a = 1; a < argc; a++)

@@ -404,6 +404,36 @@ async fn invalid_sandboxes_are_refused_by_the_api_server_naming_the_field() {
             "spec.network.egressAllow[].cidr must be a CIDR",
         ),
         (
+            "rule with both cidr and host",
+            "spec: {image: a:1, network: {egressAllow: [{cidr: 10.0.0.0/8, host: pypi.org}]}}",
+            "spec.network.egressAllow[] needs exactly one of cidr",
+        ),
+        (
+            "rule with neither cidr nor host",
+            "spec: {image: a:1, network: {egressAllow: [{ports: [{port: 443}]}]}}",
+            "spec.network.egressAllow[] needs exactly one of cidr",
+        ),
+        (
+            "uppercase host",
+            "spec: {image: a:1, network: {egressAllow: [{host: PyPI.org}]}}",
+            "spec.network.egressAllow[].host must be a lowercase DNS name",
+        ),
+        (
+            "two-label wildcard",
+            "spec: {image: a:1, network: {egressAllow: [{host: \"*.*.example.com\"}]}}",
+            "spec.network.egressAllow[].host must be a lowercase DNS name",
+        ),
+        (
+            "single-label host",
+            "spec: {image: a:1, network: {egressAllow: [{host: localhost}]}}",
+            "spec.network.egressAllow[].host must be a lowercase DNS name",
+        ),
+        (
+            "TTL bounds reversed",
+            "spec: {image: a:1, network: {hostAddressTTL: {minSeconds: 60, maxSeconds: 10}}}",
+            "spec.network.hostAddressTTL.minSeconds must not exceed maxSeconds",
+        ),
+        (
             "port out of range",
             "spec: {image: a:1, network: {expose: [{name: http, port: 70000}]}}",
             "spec.network.expose[0].port",

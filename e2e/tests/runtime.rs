@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use agentsandbox_e2e::{
     attack_image, attack_outcomes, busybox_image, busybox_pod, container_host_pid,
-    containerd_major, crictl, main_container, runtime_pod, sandbox_yaml, wait_sandbox_ready,
-    wait_until_sync, Cluster, IDLE_LOOP, RUNTIME_CLASS,
+    containerd_major, crictl, main_container, runtime_pod, sandbox_yaml, sandbox_yaml_running,
+    wait_sandbox_ready, wait_until_sync, Cluster, IDLE_LOOP, RUNTIME_CLASS,
 };
 use agentsandbox_operator::api::AgentSandbox;
 use k8s_openapi::api::core::v1::{Pod, ResourceRequirements, SecurityContext};
@@ -594,27 +594,26 @@ async fn an_oom_killed_container_is_reported_as_oom_killed() {
 async fn a_sandbox_serves_on_a_low_port_in_its_own_network_namespace() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("rt-port");
+    // Inbound traffic reaches only exposed ports: port 80 is exposed.
     cluster
-        .apply(&runtime_pod(
+        .apply(&sandbox_yaml_running(
             &ns.name,
             "web",
-            Some(RUNTIME_CLASS),
-            &busybox_image(),
             "trap 'exit 0' TERM; nc -ll -p 80 -e echo low-port-greeting & wait",
+            "  network:\n    expose: [{name: http, port: 80}]\n",
         ))
         .unwrap();
     cluster
         .apply(&busybox_pod(&ns.name, "client", IDLE_LOOP))
         .unwrap();
-    cluster
-        .wait_pod(&ns.name, "web", "condition=Ready")
+    let api: Api<AgentSandbox> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let sandbox = wait_sandbox_ready(&api, "web", Duration::from_secs(90))
+        .await
         .unwrap();
     cluster
         .wait_pod(&ns.name, "client", "condition=Ready")
         .unwrap();
-    let ip = cluster
-        .pod_field(&ns.name, "web", "{.status.podIP}")
-        .unwrap();
+    let ip = sandbox.status.unwrap().pod_ip.unwrap();
     let reply = wait_until_sync(
         "the sandbox to answer on port 80",
         Duration::from_secs(30),

@@ -340,10 +340,19 @@ pub struct Network {
     #[schemars(length(max = 64))]
     pub egress_allow: Option<Vec<EgressRule>>,
 
-    /// Allow DNS queries to the cluster's DNS service (off by default: an agent with no
-    /// egress has no need to resolve names, and DNS is a classic exfiltration channel).
+    /// Resolve any name (off by default: DNS is a classic exfiltration channel). With egress
+    /// Deny every query goes through the runtime's resolver, which otherwise answers only
+    /// names that `host` rules allow (others get NXDOMAIN and are counted as `network`
+    /// events); allowDNS makes it forward every name, still opening addresses only for
+    /// `host` rules.
     #[serde(default, rename = "allowDNS")]
     pub allow_dns: bool,
+
+    /// How long an address a `host` rule resolved to stays reachable: the DNS record's TTL,
+    /// raised to `minSeconds` (clients that cache answers keep working) and cut to
+    /// `maxSeconds`. Connections opened meanwhile outlive it.
+    #[serde(default, rename = "hostAddressTTL")]
+    pub host_address_ttl: HostAddressTtl,
 
     /// Ports of the sandbox reachable from inside the cluster, through a headless Service
     /// named after the sandbox. All other inbound traffic is denied.
@@ -353,19 +362,62 @@ pub struct Network {
     pub expose: Option<Vec<ExposedPort>>,
 }
 
-/// One allowed destination.
+/// One allowed destination: a network (`cidr`) or a name (`host`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.cidr) != has(self.host)").message("spec.network.egressAllow[] needs exactly one of cidr (e.g. 10.0.0.0/8) or host (e.g. pypi.org)"))]
 pub struct EgressRule {
     /// Destination network in CIDR notation, e.g. 10.20.0.0/16 or 10.20.0.7/32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("isCIDR(self)").message("spec.network.egressAllow[].cidr must be a CIDR such as 10.0.0.0/8"))]
-    pub cidr: String,
+    pub cidr: Option<String>,
 
-    /// Destination ports; all ports of the CIDR when empty.
+    /// Destination name: exact (`pypi.org`) or a wildcard for exactly one more label
+    /// (`*.githubusercontent.com` matches `raw.githubusercontent.com`, not
+    /// `a.b.githubusercontent.com`). The runtime's resolver answers only allowed names and
+    /// opens the addresses it answered, for the record's TTL within `hostAddressTTL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(r"self.matches('^(\\*\\.)?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\.)+[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')").message("spec.network.egressAllow[].host must be a lowercase DNS name with at least two labels, such as pypi.org, or *. followed by one, such as *.githubusercontent.com"))]
+    pub host: Option<String>,
+
+    /// Destination ports; all ports of the CIDR (or of the host's addresses) when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     pub ports: Option<Vec<PortRule>>,
+}
+
+/// Bounds on how long a resolved address stays open.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minSeconds <= self.maxSeconds").message("spec.network.hostAddressTTL.minSeconds must not exceed maxSeconds"))]
+pub struct HostAddressTtl {
+    /// Shortest time an answered address stays open, in seconds (default 30).
+    #[serde(default = "default_min_ttl")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub min_seconds: u32,
+    /// Longest time an answered address stays open, in seconds (default 3600).
+    #[serde(default = "default_max_ttl")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub max_seconds: u32,
+}
+
+impl Default for HostAddressTtl {
+    fn default() -> HostAddressTtl {
+        HostAddressTtl {
+            min_seconds: default_min_ttl(),
+            max_seconds: default_max_ttl(),
+        }
+    }
+}
+
+fn default_min_ttl() -> u32 {
+    agentsandbox_contract::TtlBounds::DEFAULT_MIN_SECONDS
+}
+
+fn default_max_ttl() -> u32 {
+    agentsandbox_contract::TtlBounds::DEFAULT_MAX_SECONDS
 }
 
 /// A destination port.

@@ -20,7 +20,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use agentsandbox_contract::{EgressPolicy, EgressPort, EgressRule, PodIdentity, PodPolicy};
+use agentsandbox_contract::{
+    EgressPolicy, EgressPort, EgressRule, PodIdentity, PodPolicy, TtlBounds,
+};
 
 use crate::api::{
     AgentSandbox, AgentUser, EgressMode, FileSource, ImagePullPolicy, IsolationProfile, Protocol,
@@ -184,18 +186,13 @@ pub fn runtime_egress_policy(sandbox: &AgentSandbox) -> EgressPolicy {
             .iter()
             .flatten()
             .map(|rule| EgressRule {
-                cidr: rule.cidr.clone(),
+                cidr: rule.cidr.clone().unwrap_or_default(),
+                host: rule.host.clone().unwrap_or_default(),
                 ports: rule
                     .ports
                     .iter()
                     .flatten()
-                    .filter_map(|p| {
-                        Some(EgressPort {
-                            // The schema bounds it to 1..=65535.
-                            port: u16::try_from(p.port).ok()?,
-                            protocol: p.protocol,
-                        })
-                    })
+                    .filter_map(|p| egress_port(p.port, p.protocol))
                     .collect(),
             })
             .collect(),
@@ -204,7 +201,25 @@ pub fn runtime_egress_policy(sandbox: &AgentSandbox) -> EgressPolicy {
         mode: network.egress,
         allow,
         dns: network.allow_dns,
+        ingress: network
+            .expose
+            .iter()
+            .flatten()
+            .filter_map(|p| egress_port(p.port, p.protocol))
+            .collect(),
+        host_ttl: TtlBounds {
+            min_seconds: network.host_address_ttl.min_seconds,
+            max_seconds: network.host_address_ttl.max_seconds,
+        },
     }
+}
+
+fn egress_port(port: i32, protocol: Protocol) -> Option<EgressPort> {
+    Some(EgressPort {
+        // The schema bounds it to 1..=65535.
+        port: u16::try_from(port).ok()?,
+        protocol,
+    })
 }
 
 /// Everything the runtime is told about the sandbox's pod.
@@ -505,7 +520,7 @@ fn policy_port(port: i32, protocol: Protocol) -> NetworkPolicyPort {
 }
 
 /// The NetworkPolicy: inbound only to exposed ports, outbound denied except the allow-list
-/// (and cluster DNS when asked), or unrestricted when egress is Allow.
+/// (and cluster DNS when names are resolved), or unrestricted when egress is Allow.
 pub fn desired_network_policy(
     sandbox: &AgentSandbox,
     settings: &OperatorSettings,
@@ -535,13 +550,12 @@ pub fn desired_network_policy(
                 .iter()
                 .flatten()
                 .map(|rule| NetworkPolicyEgressRule {
-                    to: Some(vec![NetworkPolicyPeer {
-                        ip_block: Some(IPBlock {
-                            cidr: rule.cidr.clone(),
-                            except: None,
-                        }),
-                        ..NetworkPolicyPeer::default()
-                    }]),
+                    // A NetworkPolicy cannot name hosts: a host rule's ports are open to any
+                    // address here, and the runtime narrows them to the answered addresses.
+                    to: Some(match &rule.cidr {
+                        Some(cidr) => vec![ip_block(cidr)],
+                        None => vec![ip_block("0.0.0.0/0"), ip_block("::/0")],
+                    }),
                     ports: rule.ports.as_ref().filter(|p| !p.is_empty()).map(|ports| {
                         ports
                             .iter()
@@ -550,7 +564,13 @@ pub fn desired_network_policy(
                     }),
                 })
                 .collect();
-            if network.allow_dns {
+            let names = network.allow_dns
+                || network
+                    .egress_allow
+                    .iter()
+                    .flatten()
+                    .any(|r| r.host.is_some());
+            if names {
                 rules.push(NetworkPolicyEgressRule {
                     to: Some(vec![NetworkPolicyPeer {
                         namespace_selector: Some(LabelSelector {
@@ -591,6 +611,16 @@ pub fn desired_network_policy(
             ingress: (!ingress.is_empty()).then_some(ingress),
             egress: (!egress.is_empty()).then_some(egress),
         }),
+    }
+}
+
+fn ip_block(cidr: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: cidr.to_string(),
+            except: None,
+        }),
+        ..NetworkPolicyPeer::default()
     }
 }
 

@@ -100,7 +100,7 @@ fn runtime_gets_the_sandbox_identity_and_policies_as_annotations() {
     assert_eq!(a[ANNOTATION_ISOLATION], "Strict");
     assert_eq!(
         a[ANNOTATION_EGRESS],
-        r#"{"mode":"Deny","allow":[],"dns":false}"#
+        r#"{"mode":"Deny","allow":[],"dns":false,"ingress":[],"hostTTL":{"minSeconds":30,"maxSeconds":3600}}"#
     );
 }
 
@@ -269,7 +269,10 @@ fn egress_allow_list_becomes_ip_blocks_with_ports_and_the_runtime_annotation() {
     let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     assert_eq!(
         pod.metadata.annotations.unwrap()[ANNOTATION_EGRESS],
-        r#"{"mode":"Deny","allow":[{"cidr":"10.20.0.0/16","ports":[{"port":443,"protocol":"TCP"},{"port":53,"protocol":"UDP"}]},{"cidr":"10.30.0.7/32","ports":[]}],"dns":false}"#
+        concat!(
+            r#"{"mode":"Deny","allow":[{"cidr":"10.20.0.0/16","ports":[{"port":443,"protocol":"TCP"},{"port":53,"protocol":"UDP"}]},{"cidr":"10.30.0.7/32","ports":[]}],"dns":false,"#,
+            r#""ingress":[],"hostTTL":{"minSeconds":30,"maxSeconds":3600}}"#
+        )
     );
 }
 
@@ -295,7 +298,40 @@ fn allow_dns_adds_only_the_cluster_dns_pods_on_port_53() {
         .metadata
         .annotations
         .unwrap()[ANNOTATION_EGRESS]
-        .ends_with(r#""dns":true}"#));
+        .contains(r#""dns":true,"#));
+}
+
+#[test]
+fn host_rules_reach_the_runtime_and_open_their_ports_to_any_address_in_the_network_policy() {
+    let s = sandbox(json!({
+        "image": "agent:1",
+        "network": {
+            "egressAllow": [{"host": "*.example.com", "ports": [{"port": 443}]}],
+            "hostAddressTTL": {"minSeconds": 5, "maxSeconds": 60},
+            "expose": [{"name": "http", "port": 8080}]
+        }
+    }));
+    let egress = desired_network_policy(&s, &settings())
+        .spec
+        .unwrap()
+        .egress
+        .unwrap();
+    let json = serde_json::to_value(&egress).unwrap();
+    assert_eq!(
+        json[0],
+        json!({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}],
+               "ports": [{"port": 443, "protocol": "TCP"}]})
+    );
+    // The runtime's resolver forwards allowed names to the cluster DNS.
+    assert_eq!(json[1]["ports"][0], json!({"port": 53, "protocol": "UDP"}));
+    let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
+    let policy: agentsandbox_contract::EgressPolicy =
+        serde_json::from_str(&pod.metadata.annotations.unwrap()[ANNOTATION_EGRESS]).unwrap();
+    assert_eq!(policy.allow[0].host, "*.example.com");
+    assert_eq!(policy.allow[0].cidr, "");
+    assert_eq!(policy.ingress[0].port, 8080);
+    assert_eq!(policy.host_ttl.min_seconds, 5);
+    assert_eq!(policy.host_ttl.max_seconds, 60);
 }
 
 #[test]

@@ -5,13 +5,14 @@
 //! escape response (`response`), all cgroup work (`cgroups`), the single-threaded launcher
 //! that creates and enters containers with libcontainer (`launcher`), the hardening policy
 //! every container goes through (`policy`), per-pod id ranges (`idmap`), the egress firewall
-//! (`egress`), the seccomp notification listener (`notify`) and the escape-attempt telemetry
+//! (`egress`) and the pod's resolver that opens it by name (`dns`), the seccomp notification listener (`notify`) and the escape-attempt telemetry
 //! it feeds (`telemetry`). OS specifics beyond those live in `sys`.
 
 pub mod bootstrap;
 pub mod cgroups;
 pub mod console;
 pub mod container;
+pub mod dns;
 pub mod egress;
 pub mod idmap;
 pub mod info;

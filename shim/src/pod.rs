@@ -70,6 +70,8 @@ pub struct Pod {
     /// The operator's policy for the pod (None until the first container is created).
     pub policy: Option<PodPolicy>,
     pub egress_installed: bool,
+    /// The pod's resolver, when its egress table sends DNS to it.
+    pub resolver: Option<crate::dns::Resolver>,
     /// The pod's network namespace (from its sandbox container), for quarantine.
     pub netns: Option<PathBuf>,
     /// Kill or Quarantine, once carried out after an escape attempt.
@@ -81,5 +83,6 @@ impl Pod {
     pub fn release(&mut self) {
         self.resources = None;
         self.egress_installed = false;
+        self.resolver = None;
     }
 }

@@ -13,7 +13,7 @@ use agentsandbox_shim::sys::mounts::stage_binds;
 use serde_json::json;
 
 /// The egress rules for a policy as the operator writes it (JSON in the pod annotation).
-fn render(policy_json: &str, dns: &[std::net::IpAddr]) -> Result<Option<EgressRules>, EgressError> {
+fn render(policy_json: &str, dns: &[std::net::IpAddr]) -> Result<EgressRules, EgressError> {
     let policy: EgressPolicy = serde_json::from_str(policy_json).expect("a valid policy");
     agentsandbox_shim::egress::render(&policy, dns)
 }
@@ -51,45 +51,118 @@ fn slots_are_exclusive_between_live_holders_and_reclaimed_from_dead_ones() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn deny_mode_allows_only_listed_destinations_loopback_replies_and_cluster_dns() {
-    let policy = r#"{"mode":"Deny","allow":[{"cidr":"10.0.0.0/8","ports":[{"port":443,"protocol":"TCP"}]},{"cidr":"fd00::1","ports":[]}],"dns":true}"#;
-    let rules = render(policy, &nameservers("search x\nnameserver 10.96.0.10\n"))
+/// Whether nft accepts the script (`nft -c`: parsed and checked by the kernel, not applied).
+fn nft_accepts(script: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-c", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft is installed (make deps)");
+    child
+        .stdin
+        .take()
         .unwrap()
+        .write_all(script.as_bytes())
         .unwrap();
-    for expected in [
-        "-A AGENTSANDBOX-EGRESS -o lo -j ACCEPT",
-        "--ctstate ESTABLISHED,RELATED -j ACCEPT",
-        "-A AGENTSANDBOX-EGRESS -d 10.96.0.10/32 -p udp --dport 53 -j ACCEPT",
-        "-A AGENTSANDBOX-EGRESS -d 10.0.0.0/8 -p tcp --dport 443 -j ACCEPT",
-        "-A AGENTSANDBOX-EGRESS -j REJECT --reject-with icmp-port-unreachable",
-    ] {
-        assert!(
-            rules.ipv4.contains(expected),
-            "missing {expected:?} in\n{}",
-            rules.ipv4
-        );
-    }
-    assert!(rules
-        .ipv6
-        .contains("-A AGENTSANDBOX-EGRESS -d fd00::1/128 -j ACCEPT"));
-    assert!(!rules.ipv4.contains("fd00::1"));
-    assert!(rules.ipv4.ends_with("COMMIT\n"));
+    let out = child.wait_with_output().unwrap();
+    out.status
+        .success()
+        .then_some(())
+        .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
-fn dns_is_closed_unless_asked_and_allow_mode_installs_nothing() {
+fn deny_mode_allows_only_listed_destinations_loopback_replies_and_the_resolver() {
+    let policy = r#"{"mode":"Deny","allow":[{"cidr":"10.0.0.0/8","ports":[{"port":443,"protocol":"TCP"}]},{"cidr":"fd00::1","ports":[]},{"host":"*.example.com","ports":[{"port":443}]}],"dns":true,"ingress":[{"port":8080,"protocol":"TCP"},{"port":9000,"protocol":"UDP"}]}"#;
     let rules = render(
-        r#"{"mode":"Deny","allow":[],"dns":false}"#,
+        policy,
+        &nameservers("search x\nnameserver 10.96.0.10\nnameserver fd00::10\n"),
+    )
+    .unwrap();
+    assert!(rules.resolver);
+    for expected in [
+        "chain output {\n\t\ttype filter hook output priority filter; policy drop;",
+        "oif lo accept",
+        "ct state established,related accept",
+        "meta mark 0x41530035 ip daddr 10.96.0.10 meta l4proto { tcp, udp } th dport 53 accept",
+        "meta mark 0x41530035 ip6 daddr fd00::10 meta l4proto { tcp, udp } th dport 53 accept",
+        "ip daddr 127.0.0.1 meta l4proto { tcp, udp } th dport 53 accept",
+        "meta l4proto { tcp, udp } th dport 53 reject",
+        "ip daddr . meta l4proto . th dport @host4 accept",
+        "ip daddr 10.0.0.0/8 tcp dport { 443 } accept",
+        "ip6 daddr fd00::1/128 accept",
+        "reject with icmpx port-unreachable",
+        "meta mark != 0x41530035 ip daddr 10.96.0.10 meta l4proto { tcp, udp } th dport 53 redirect to :53",
+        // Inbound: the exposed ports only.
+        "chain input {\n\t\ttype filter hook input priority filter; policy drop;",
+        "tcp dport { 8080 } accept",
+        "udp dport { 9000 } accept",
+        "meta l4proto tcp reject with tcp reset",
+    ] {
+        assert!(
+            rules.nft.contains(expected),
+            "missing {expected:?} in\n{}",
+            rules.nft
+        );
+    }
+    // DNS to any other server is refused before any CIDR rule could allow it.
+    let dns_reject = rules.nft.find("th dport 53 reject").unwrap();
+    assert!(dns_reject < rules.nft.find("ip daddr 10.0.0.0/8").unwrap());
+    nft_accepts(&rules.nft).unwrap();
+}
+
+#[test]
+fn allow_mode_still_limits_inbound_and_runs_no_resolver() {
+    let rules = render(
+        r#"{"mode":"Allow","allow":[],"dns":false}"#,
         &nameservers("nameserver 10.96.0.10"),
     )
-    .unwrap()
     .unwrap();
-    assert!(!rules.ipv4.contains("--dport 53"));
+    assert!(!rules.resolver);
+    assert!(rules
+        .nft
+        .contains("type filter hook output priority filter; policy accept;"));
+    assert!(rules
+        .nft
+        .contains("type filter hook input priority filter; policy drop;"));
+    assert!(!rules.nft.contains("redirect"));
+    nft_accepts(&rules.nft).unwrap();
+    nft_accepts(&agentsandbox_shim::egress::quarantine_rules().nft).unwrap();
+}
+
+#[test]
+fn resolved_addresses_are_reopened_with_a_fresh_timer() {
+    use agentsandbox_contract::{EgressPort, Protocol};
+    use agentsandbox_shim::egress::{open_addresses_script, OpenAddress};
+    let script = open_addresses_script(&[
+        OpenAddress {
+            addr: "10.96.100.10".parse().unwrap(),
+            ports: vec![EgressPort {
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
+            seconds: 30,
+        },
+        OpenAddress {
+            addr: "fd00::7".parse().unwrap(),
+            ports: vec![],
+            seconds: 5,
+        },
+    ]);
     assert_eq!(
-        render(r#"{"mode":"Allow","allow":[],"dns":false}"#, &[]).unwrap(),
-        None
+        script,
+        "add element inet agentsandbox host4 { 10.96.100.10 . tcp . 8080 timeout 30s }\n\
+         delete element inet agentsandbox host4 { 10.96.100.10 . tcp . 8080 }\n\
+         add element inet agentsandbox host4 { 10.96.100.10 . tcp . 8080 timeout 30s }\n\
+         add element inet agentsandbox host6_any { fd00::7 timeout 5s }\n\
+         delete element inet agentsandbox host6_any { fd00::7 }\n\
+         add element inet agentsandbox host6_any { fd00::7 timeout 5s }\n"
     );
+    // Checked against the table it updates.
+    let table = render(r#"{"mode":"Deny"}"#, &nameservers("nameserver 10.96.0.10")).unwrap();
+    nft_accepts(&(table.nft + &script)).unwrap();
 }
 
 #[test]
@@ -97,6 +170,14 @@ fn bad_egress_policies_are_errors_not_open_doors() {
     assert_eq!(
         render(r#"{"mode":"Deny","allow":[{"cidr":"10.0.0.0/33"}]}"#, &[]),
         Err(EgressError::Cidr("10.0.0.0/33".into()))
+    );
+    assert_eq!(
+        render(r#"{"mode":"Deny","allow":[{"host":"Exa mple.com"}]}"#, &[]),
+        Err(EgressError::Host("Exa mple.com".into()))
+    );
+    assert_eq!(
+        render(r#"{"mode":"Deny","allow":[{"ports":[]}]}"#, &[]),
+        Err(EgressError::Empty)
     );
     // Unparsable policies never reach the renderer: the shim refuses the pod when it reads
     // its annotations (agentsandbox-contract's tests).

@@ -111,10 +111,28 @@ struct Harness {
     launcher: Arc<FakeLauncher>,
     events: Arc<RecordedEvents>,
     root: PathBuf,
+    telemetry: Arc<Telemetry>,
+}
+
+/// The pod's network namespace: a real one (`ip netns`), with loopback up as CNI leaves it,
+/// named after the harness's directory.
+fn netns_name(root: &Path) -> String {
+    root.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("ip (iproute2) is installed");
+    assert!(status.success(), "ip {args:?}");
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &netns_name(&self.root)])
+            .status();
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
@@ -136,12 +154,19 @@ fn harness(name: &str) -> Harness {
     )
     .unwrap();
     let service = TaskService::new("k8s.io", &root, launcher.clone(), events.clone())
-        .with_escape_reporting(Some(Arc::new(listener)), telemetry);
+        .with_escape_reporting(Some(Arc::new(listener)), telemetry.clone());
+    let netns = netns_name(&root);
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &netns])
+        .status();
+    ip(&["netns", "add", &netns]);
+    ip(&["-n", &netns, "link", "set", "lo", "up"]);
     Harness {
         service,
         launcher,
         events,
         root,
+        telemetry,
     }
 }
 
@@ -173,6 +198,7 @@ fn bundle(root: &Path, id: &str, container_type: &str, extra: Value) -> String {
     std::fs::create_dir_all(&cri).unwrap();
     std::fs::write(cri.join("resolv.conf"), "nameserver 10.96.0.10\n").unwrap();
     spec["mounts"][5]["source"] = json!(cri.join("resolv.conf"));
+    spec["linux"]["namespaces"][4]["path"] = json!(format!("/var/run/netns/{}", netns_name(root)));
     let annotations = spec["annotations"].as_object_mut().unwrap();
     annotations.insert(
         "io.kubernetes.cri.container-type".into(),
@@ -253,9 +279,9 @@ async fn a_pod_runs_through_create_start_kill_exit_and_delete_with_events_in_ord
         creates[0]["egress"].is_null(),
         "no firewall from the pause container"
     );
-    let rules = creates[1]["egress"]["ipv4"].as_str().unwrap();
+    let rules = creates[1]["egress"]["nft"].as_str().unwrap();
     assert!(
-        rules.contains("-d 10.1.0.0/16 -p tcp --dport 443 -j ACCEPT"),
+        rules.contains("ip daddr 10.1.0.0/16 tcp dport { 443 } accept"),
         "{rules}"
     );
     // The hardened bundle the launcher gets has the policy applied.
@@ -517,4 +543,72 @@ async fn execs_follow_their_state_machine() {
     elsewhere.id = "nope".into();
     let unknown = h.service.exec(&ctx(), elsewhere).await.unwrap_err();
     assert_eq!(code(unknown), Code::NOT_FOUND);
+}
+
+/// A DNS query for `name` of type `qtype`, as a stub resolver sends it.
+fn dns_query(name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    q
+}
+
+/// Sends `query` to the resolver from inside the pod's network namespace; the reply, if any.
+async fn ask_resolver(netns: String, query: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        let ns = std::fs::File::open(format!("/var/run/netns/{netns}"))?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        socket.send_to(&query, "127.0.0.1:53")?;
+        let mut reply = vec![0u8; 512];
+        let len = socket.recv(&mut reply)?;
+        reply.truncate(len);
+        Ok(reply)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_pods_resolver_refuses_names_no_rule_allows_and_counts_them_as_network_events() {
+    let h = harness("resolver");
+    let policy = json!({
+        annotations::EGRESS: r#"{"mode":"Deny","allow":[{"host":"allowed.test","ports":[{"port":8080,"protocol":"TCP"}]}],"dns":false}"#,
+    });
+    let pause = bundle(&h.root, "pause", "sandbox", policy.clone());
+    let agent = bundle(&h.root, "agent", "container", policy);
+    h.service
+        .create(&ctx(), create_request(pause, "pause"))
+        .await
+        .unwrap();
+    // No resolver before the first application container: nothing listens yet.
+    assert!(ask_resolver(netns_name(&h.root), dns_query("x.test", 1))
+        .await
+        .is_err());
+    h.service
+        .create(&ctx(), create_request(agent, "agent"))
+        .await
+        .unwrap();
+    let creates = h.launcher.creates.lock().unwrap().clone();
+    assert_eq!(creates[1]["egress"]["resolver"], true);
+
+    let before = h.telemetry.total();
+    let reply = ask_resolver(netns_name(&h.root), dns_query("c2VjcmV0.exfil.test", 16))
+        .await
+        .expect("the resolver answers in the pod's network namespace");
+    assert_eq!(&reply[..2], &[0x12, 0x34], "same id");
+    assert_eq!(reply[2] & 0x80, 0x80, "a response");
+    assert_eq!(reply[3] & 0x0f, 3, "NXDOMAIN");
+    assert_eq!(h.telemetry.total(), before + 1, "counted once");
+    // Not a query: dropped, not counted.
+    assert!(ask_resolver(netns_name(&h.root), vec![0xff; 5])
+        .await
+        .is_err());
+    assert_eq!(h.telemetry.total(), before + 1);
 }

@@ -108,7 +108,7 @@ impl TaskService {
     fn egress_rules(
         spec: &Value,
         policy: &agentsandbox_contract::EgressPolicy,
-    ) -> TaskResult<Option<egress::EgressRules>> {
+    ) -> TaskResult<(egress::EgressRules, String)> {
         let resolv_conf = spec["mounts"]
             .as_array()
             .into_iter()
@@ -117,8 +117,38 @@ impl TaskService {
             .and_then(|m| m["source"].as_str())
             .and_then(|source| launcher::read_optional(Path::new(source)))
             .unwrap_or_default();
-        egress::render(policy, &egress::nameservers(&resolv_conf))
-            .map_err(|e| TaskError::InvalidArgument(e.to_string()))
+        let rules = egress::render(policy, &egress::nameservers(&resolv_conf))
+            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        Ok((rules, resolv_conf))
+    }
+
+    /// Starts the pod's resolver (before its first application container exists) when its
+    /// egress table redirects DNS to it.
+    fn start_resolver(
+        &self,
+        pod: &crate::pod::Pod,
+        policy: &agentsandbox_contract::EgressPolicy,
+        resolv_conf: &str,
+        container: &str,
+    ) -> TaskResult<crate::dns::Resolver> {
+        let netns = pod.netns.as_ref().ok_or_else(|| {
+            TaskError::FailedPrecondition(
+                "the pod's network namespace is unknown: its DNS cannot be filtered".into(),
+            )
+        })?;
+        let upstream = egress::nameservers(resolv_conf)
+            .into_iter()
+            .next()
+            .ok_or_else(|| TaskError::FailedPrecondition("the pod has no nameserver".into()))?;
+        crate::dns::Resolver::start(
+            netns,
+            upstream,
+            policy.clone(),
+            egress::search_domains(resolv_conf),
+            self.telemetry.clone(),
+            container.to_string(),
+        )
+        .map_err(|e| TaskError::Unknown(format!("the pod's resolver: {e:#}")))
     }
 
     pub async fn create_container(&self, req: &api::CreateTaskRequest) -> TaskResult<i32> {
@@ -157,7 +187,20 @@ impl TaskService {
             let egress = if is_sandbox || state.pod.egress_installed {
                 None
             } else {
-                Self::egress_rules(&spec, &pod_policy.egress)?
+                let (rules, resolv_conf) = Self::egress_rules(&spec, &pod_policy.egress)?;
+                if rules.resolver && state.pod.resolver.is_none() {
+                    let container = annotations
+                        .get(cri::CONTAINER_NAME)
+                        .map(String::as_str)
+                        .unwrap_or(&req.id);
+                    state.pod.resolver = Some(self.start_resolver(
+                        &state.pod,
+                        &pod_policy.egress,
+                        &resolv_conf,
+                        container,
+                    )?);
+                }
+                Some(rules)
             };
             // The pod's first container claims its id range; the guard gives it back if this
             // create fails.

@@ -612,10 +612,12 @@ async fn flood_bench(cluster: &Cluster) {
     );
 }
 
+mod dns;
+
 #[tokio::main]
 async fn main() {
-    let sections =
-        std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "runtime,escapes,flood,cluster".into());
+    let sections = std::env::var("BENCH_SECTIONS")
+        .unwrap_or_else(|_| "runtime,escapes,flood,dns,cluster".into());
     if sections.contains("runtime") {
         runtime_bench(env_usize("BENCH_RUNTIME_N", 20));
         println!();
@@ -626,6 +628,15 @@ async fn main() {
     }
     if sections.contains("flood") {
         flood_bench(&Cluster::connect().await).await;
+        println!();
+    }
+    if sections.contains("dns") {
+        dns::dns_bench(
+            &Cluster::connect().await,
+            env_usize("BENCH_DNS_SANDBOXES", 100),
+            10,
+        )
+        .await;
         println!();
     }
     if !sections.contains("cluster") {
