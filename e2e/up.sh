@@ -147,6 +147,9 @@ install_network_guard() {
     -m comment --comment "agentsandbox e2e: pod traffic stays on this machine"
   iptables -t mangle -A "$GUARD_CHAIN" -i "$CNI_BRIDGE" ! -o "$CNI_BRIDGE" -j DROP
   ip6tables -t mangle -N "$GUARD_CHAIN" 2>/dev/null || ip6tables -t mangle -F "$GUARD_CHAIN"
+  ip6tables -t mangle -A "$GUARD_CHAIN" -s "$POD_SUBNET6" -d "$POD_SUBNET6" -j RETURN
+  # Neighbour discovery between pods on the bridge (link-scope multicast never leaves it).
+  ip6tables -t mangle -A "$GUARD_CHAIN" -d ff02::/16 -j RETURN
   ip6tables -t mangle -A "$GUARD_CHAIN" -i "$CNI_BRIDGE" -j DROP
   for ipt in iptables ip6tables; do
     $ipt -t mangle -C FORWARD -j "$GUARD_CHAIN" 2>/dev/null || $ipt -t mangle -I FORWARD 1 -j "$GUARD_CHAIN"
@@ -229,8 +232,11 @@ write_containerd_config() {
       "ipam": {
         "type": "host-local",
         "dataDir": "$STATE/cni/ipam",
-        "ranges": [[{"subnet": "$POD_SUBNET"}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
+        "ranges": [
+          [{"subnet": "$POD_SUBNET"}],
+          [{"subnet": "$POD_SUBNET6", "rangeStart": "$POD_POOL6_START", "rangeEnd": "$POD_POOL6_END"}]
+        ],
+        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
       }
     }
   ]

@@ -13,7 +13,8 @@
  *                                                  seconds; prints the total attempts, waits
  *        agentsandbox-attack cost N                ns per call of a notified syscall
  *                                                  (unshare) vs an errno-only one (mbind)
- *        agentsandbox-attack udp-chat LPORT IP PORT S  for S seconds, from UDP port LPORT, sends
+ *        agentsandbox-attack udp-chat LPORT IP PORT S  for S seconds, from UDP port LPORT (IPv4 or
+ *                                                  IPv6, as IP is), sends
  *                                                  "from-LPORT" to IP:PORT every 200 ms (send
  *                                                  errors ignored) and prints "got <payload>"
  *                                                  for every datagram received; then exits */
@@ -503,11 +504,28 @@ static int cost(long count) {
 /* udp-chat: both ends of a UDP exchange on fixed ports, to tell whether a datagram sent in
  * opens a way back out (conntrack ESTABLISHED). */
 static int udp_chat(int local_port, const char *ip, int port, long seconds) {
-  int fd = socket(AF_INET, SOCK_DGRAM, 0);
-  struct sockaddr_in local = {.sin_family = AF_INET, .sin_port = htons(local_port)};
-  struct sockaddr_in peer = {.sin_family = AF_INET, .sin_port = htons(port)};
-  if (fd < 0 || bind(fd, (struct sockaddr *)&local, sizeof local) != 0 ||
-      inet_pton(AF_INET, ip, &peer.sin_addr) != 1) {
+  /* IPv4 or IPv6, by the address given. */
+  int v6 = strchr(ip, ':') != NULL;
+  int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM, 0);
+  struct sockaddr_storage local = {0}, peer = {0};
+  socklen_t len;
+  int parsed;
+  if (v6) {
+    struct sockaddr_in6 *l = (struct sockaddr_in6 *)&local, *p = (struct sockaddr_in6 *)&peer;
+    l->sin6_family = p->sin6_family = AF_INET6;
+    l->sin6_port = htons(local_port);
+    p->sin6_port = htons(port);
+    parsed = inet_pton(AF_INET6, ip, &p->sin6_addr);
+    len = sizeof(struct sockaddr_in6);
+  } else {
+    struct sockaddr_in *l = (struct sockaddr_in *)&local, *p = (struct sockaddr_in *)&peer;
+    l->sin_family = p->sin_family = AF_INET;
+    l->sin_port = htons(local_port);
+    p->sin_port = htons(port);
+    parsed = inet_pton(AF_INET, ip, &p->sin_addr);
+    len = sizeof(struct sockaddr_in);
+  }
+  if (fd < 0 || parsed != 1 || bind(fd, (struct sockaddr *)&local, len) != 0) {
     printf("udp-chat setup %s\n", strerror(errno));
     return 1;
   }
@@ -519,7 +537,7 @@ static int udp_chat(int local_port, const char *ip, int port, long seconds) {
   int printed = 0;
   while (mono_ns() < end) {
     if (mono_ns() >= next_send) {
-      sendto(fd, message, strlen(message), 0, (struct sockaddr *)&peer, sizeof peer);
+      sendto(fd, message, strlen(message), 0, (struct sockaddr *)&peer, len);
       next_send = mono_ns() + 200000000LL;
     }
     ssize_t got = recv(fd, buf, sizeof buf - 1, 0);

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use agentsandbox_e2e::{
-    attack_image, busybox_pod, runtime_pod, sandbox_manifest, sh, wait_sandbox_ready, wait_until,
-    Cluster, IDLE_LOOP,
+    attack_image, busybox_pod, container_host_pid, runtime_pod, sandbox_manifest, sh,
+    wait_sandbox_ready, wait_until, Cluster, IDLE_LOOP,
 };
 use agentsandbox_operator::api::AgentSandbox;
 use kube::Api;
@@ -18,8 +18,12 @@ use kube::Api;
 const ALLOWED_IP: &str = "10.96.200.10";
 const DENIED_IP: &str = "10.96.200.11";
 const WILD_IP: &str = "10.96.200.12";
+/// The zone's IPv6 addresses for the same names: test addresses of the pod subnet
+/// (POD_SUBNET6, outside the pool) that the test adds to the target pods themselves.
+const ALLOWED_IP6: &str = "fd00:10:244::2:10";
+const DENIED_IP6: &str = "fd00:10:244::2:11";
 
-fn target(cluster: &Cluster, ns: &str, name: &str, cluster_ip: &str) {
+fn target(cluster: &Cluster, ns: &str, name: &str, cluster_ip: &str, ip6: Option<&str>) {
     let mut pod = busybox_pod(
         ns,
         name,
@@ -39,6 +43,18 @@ fn target(cluster: &Cluster, ns: &str, name: &str, cluster_ip: &str) {
     )
     .unwrap();
     cluster.wait_pod(ns, name, "condition=Ready").unwrap();
+    if let Some(ip6) = ip6 {
+        let id = cluster
+            .pod_field(ns, name, "{.status.containerStatuses[0].containerID}")
+            .unwrap();
+        let pid = container_host_pid(&id).unwrap().to_string();
+        let status = std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-n", "ip", "-6", "addr", "add"])
+            .args([&format!("{ip6}/64"), "dev", "eth0", "nodad"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "adding {ip6} to {name}");
+    }
 }
 
 fn coredns_log(cluster: &Cluster) -> String {
@@ -57,9 +73,9 @@ fn coredns_log(cluster: &Cluster) -> String {
 async fn a_sandbox_reaches_allowed_names_only_for_their_ttl_and_nothing_else_gets_in_or_out() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("egress-names");
-    target(&cluster, &ns.name, "allowed", ALLOWED_IP);
-    target(&cluster, &ns.name, "denied", DENIED_IP);
-    target(&cluster, &ns.name, "wild", WILD_IP);
+    target(&cluster, &ns.name, "allowed", ALLOWED_IP, Some(ALLOWED_IP6));
+    target(&cluster, &ns.name, "denied", DENIED_IP, Some(DENIED_IP6));
+    target(&cluster, &ns.name, "wild", WILD_IP, None);
 
     let script = "trap 'exit 0' TERM; nc -ll -p 9090 -e echo exposed-9090 & \
                   nc -ll -p 9091 -e echo hidden-9091 & while true; do sleep 1; done";
@@ -84,6 +100,13 @@ async fn a_sandbox_reaches_allowed_names_only_for_their_ttl_and_nothing_else_get
     let status = sandbox.status.unwrap();
     let pod = status.pod_name.unwrap();
     let pod_ip = status.pod_ip.unwrap();
+    let pod_ip6 = cluster
+        .pod_field(&ns.name, &pod, "{.status.podIPs[1].ip}")
+        .unwrap();
+    assert!(
+        pod_ip6.contains(':'),
+        "the pod has an IPv6 address: {pod_ip6:?}"
+    );
     let run = |script: &str| sh(&cluster, &ns.name, &pod, script);
 
     // Before any lookup the allowed target is closed even by IP: only DNS opens it.
@@ -121,6 +144,36 @@ async fn a_sandbox_reaches_allowed_names_only_for_their_ttl_and_nothing_else_get
         "nslookup allowed.test >/dev/null && nc -w 3 {ALLOWED_IP} 8080"
     ));
     assert_eq!(reply.trim(), "allowed-greeting");
+
+    // IPv6 the same: the AAAA answers of the lookups above opened the address for its TTL;
+    // once closed, a new lookup opens it again, for the rule's port only.
+    let closes6 = || {
+        wait_until(
+            "the allowed IPv6 address closes after its TTL",
+            Duration::from_secs(30),
+            || async {
+                let (_, reply, _) = run(&format!("nc -w 1 {ALLOWED_IP6} 8080"));
+                (!reply.contains("allowed-greeting")).then_some(())
+            },
+        )
+    };
+    closes6().await.unwrap();
+    let (_, reply, err) = run(&format!(
+        "nslookup allowed.test >/dev/null && nc -w 3 {ALLOWED_IP6} 8080"
+    ));
+    assert_eq!(
+        reply.trim(),
+        "allowed-greeting",
+        "IPv6 open after the lookup: {err}"
+    );
+    let (_, reply, _) = run(&format!("nc -w 2 {ALLOWED_IP6} 8081"));
+    assert!(reply.trim().is_empty(), "only the rule's port opens (IPv6)");
+    closes6().await.unwrap();
+    let (_, reply, _) = run(&format!("nc -w 2 {DENIED_IP6} 8080"));
+    assert!(
+        !reply.contains("denied-greeting"),
+        "denied target reached by IPv6"
+    );
 
     // A denied name gets no answer, and its address no connection.
     let (code, out, _) = run("nslookup denied.test");
@@ -214,6 +267,9 @@ async fn a_sandbox_reaches_allowed_names_only_for_their_ttl_and_nothing_else_get
     let peer_ip = cluster
         .pod_field(&ns.name, "peer", "{.status.podIP}")
         .unwrap();
+    let peer_ip6 = cluster
+        .pod_field(&ns.name, "peer", "{.status.podIPs[1].ip}")
+        .unwrap();
     let from_peer = |script: &str| sh(&cluster, &ns.name, "peer", script);
     let (_, reply, _) = from_peer(&format!("nc -w 3 {pod_ip} 9090"));
     assert_eq!(reply.trim(), "exposed-9090");
@@ -228,10 +284,28 @@ async fn a_sandbox_reaches_allowed_names_only_for_their_ttl_and_nothing_else_get
         "refused, not left to time out"
     );
 
+    let (_, reply, _) = from_peer(&format!("nc -w 3 {pod_ip6} 9090"));
+    assert_eq!(reply.trim(), "exposed-9090", "exposed port over IPv6");
+    let started = Instant::now();
+    let (_, reply, _) = from_peer(&format!("nc -w 5 {pod_ip6} 9091"));
+    assert!(
+        reply.trim().is_empty(),
+        "non-exposed port answered over IPv6: {reply}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "refused over IPv6"
+    );
+
     // A datagram sent in opens no way out: both ends send from fixed ports to each other
     // (the sandbox's datagrams to the peer are denied unless they answer the peer's flow);
     // only on an exposed port does the answer get through.
-    for (port, exposed) in [(9093, true), (9092, false)] {
+    for (port, exposed, sandbox_ip, peer_ip) in [
+        (9093, true, &pod_ip, &peer_ip),
+        (9092, false, &pod_ip, &peer_ip),
+        (9093, true, &pod_ip6, &peer_ip6),
+        (9092, false, &pod_ip6, &peer_ip6),
+    ] {
         let chat = |pod: &str, local: u16, ip: &str, remote: u16| {
             cluster.exec(
                 &ns.name,
@@ -247,19 +321,19 @@ async fn a_sandbox_reaches_allowed_names_only_for_their_ttl_and_nothing_else_get
             )
         };
         let (peer_out, sandbox_out) = std::thread::scope(|s| {
-            let peer = s.spawn(|| chat("peer", 7777, &pod_ip, port));
-            let sandbox = s.spawn(|| chat(&pod, port, &peer_ip, 7777));
+            let peer = s.spawn(|| chat("peer", 7777, sandbox_ip, port));
+            let sandbox = s.spawn(|| chat(&pod, port, peer_ip, 7777));
             (peer.join().unwrap().1, sandbox.join().unwrap().1)
         });
         assert_eq!(
             sandbox_out.contains("got from-7777"),
             exposed,
-            "port {port} (exposed: {exposed}): the sandbox received {sandbox_out:?}"
+            "{sandbox_ip} port {port} (exposed: {exposed}): the sandbox received {sandbox_out:?}"
         );
         assert_eq!(
             peer_out.contains(&format!("got from-{port}")),
             exposed,
-            "port {port} (exposed: {exposed}): the peer received {peer_out:?}"
+            "{sandbox_ip} port {port} (exposed: {exposed}): the peer received {peer_out:?}"
         );
     }
 }
