@@ -575,6 +575,26 @@ async fn ask_resolver(netns: String, query: Vec<u8>) -> std::io::Result<Vec<u8>>
     .unwrap()
 }
 
+/// [`ask_resolver`] over TCP.
+async fn ask_resolver_tcp(netns: String, query: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    tokio::task::spawn_blocking(move || {
+        let ns = std::fs::File::open(format!("/var/run/netns/{netns}"))?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:53")?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        stream.write_all(&(query.len() as u16).to_be_bytes())?;
+        stream.write_all(&query)?;
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len)?;
+        let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+        stream.read_exact(&mut reply)?;
+        Ok(reply)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn the_pods_resolver_refuses_names_no_rule_allows_and_counts_them_as_network_events() {
     let h = harness("resolver");
@@ -606,9 +626,15 @@ async fn the_pods_resolver_refuses_names_no_rule_allows_and_counts_them_as_netwo
     assert_eq!(reply[2] & 0x80, 0x80, "a response");
     assert_eq!(reply[3] & 0x0f, 3, "NXDOMAIN");
     assert_eq!(h.telemetry.total(), before + 1, "counted once");
+    // Over TCP (length-prefixed) the same.
+    let tcp = ask_resolver_tcp(netns_name(&h.root), dns_query("denied.test", 1))
+        .await
+        .expect("the resolver answers over TCP");
+    assert_eq!((&tcp[..2], tcp[3] & 0x0f), (&[0x12u8, 0x34][..], 3));
+    assert_eq!(h.telemetry.total(), before + 2, "counted over TCP too");
     // Not a query: dropped, not counted.
     assert!(ask_resolver(netns_name(&h.root), vec![0xff; 5])
         .await
         .is_err());
-    assert_eq!(h.telemetry.total(), before + 1);
+    assert_eq!(h.telemetry.total(), before + 2);
 }
