@@ -16,7 +16,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +24,8 @@ use agentsandbox_contract::{host_matches, Category, EgressPolicy, EgressPort};
 use agentsandbox_telemetry::v1::{Action, EscapeAttempt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::egress::{open_addresses_script, run_nft, OpenAddress, RESOLVER_MARK, RESOLVER_PORT};
+use crate::egress::{RESOLVER_MARK, RESOLVER_PORT, TABLE};
+use crate::sys::nft_sets::{elements, NftSocket, TimedElement};
 use crate::telemetry::Telemetry;
 
 const TYPE_A: u16 = 1;
@@ -269,7 +270,8 @@ impl Drop for Resolver {
 
 struct Shared {
     netns: Arc<std::fs::File>,
-    netns_path: PathBuf,
+    /// nf_tables netlink, in the pod's network namespace: where answers open addresses.
+    nft: std::sync::Mutex<NftSocket>,
     upstream: SocketAddr,
     policy: EgressPolicy,
     search: Vec<String>,
@@ -316,9 +318,11 @@ impl Resolver {
             Ok(bound)
         })
         .context("binding the pod's resolver on port 53")?;
+        let nft = in_netns(&netns_file, NftSocket::open)
+            .context("opening nf_tables netlink in the pod's network namespace")?;
         let shared = Arc::new(Shared {
             netns: netns_file,
-            netns_path: netns.to_path_buf(),
+            nft: std::sync::Mutex::new(nft),
             upstream: SocketAddr::new(upstream, 53),
             policy,
             search,
@@ -346,7 +350,7 @@ async fn serve_udp(shared: Arc<Shared>, socket: Arc<tokio::net::UdpSocket>) {
         let query = buf[..len].to_vec();
         let (shared, socket) = (shared.clone(), socket.clone());
         tokio::spawn(async move {
-            if let Some(reply) = answer(&shared, &query, false).await {
+            if let Some(reply) = answer(shared, &query, false).await {
                 let _ = socket.send_to(&reply, client).await;
             }
         });
@@ -365,7 +369,7 @@ async fn serve_tcp(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
                     let len = stream.read_u16().await? as usize;
                     let mut query = vec![0u8; len];
                     stream.read_exact(&mut query).await?;
-                    let Some(reply) = answer(&shared, &query, true).await else {
+                    let Some(reply) = answer(shared.clone(), &query, true).await else {
                         return Ok::<(), std::io::Error>(());
                     };
                     stream.write_u16(reply.len() as u16).await?;
@@ -378,17 +382,17 @@ async fn serve_tcp(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
 }
 
 /// The reply to one query (None: not a query; dropped).
-async fn answer(shared: &Shared, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
+async fn answer(shared: Arc<Shared>, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
     let question = parse_query(query)?;
     match decide(&shared.policy, &shared.search, &question.name) {
         Verdict::Refuse { report } => {
             if report {
-                report_refusal(shared, &question);
+                report_refusal(&shared, &question);
             }
             Some(reply_with(query, &question, RCODE_NXDOMAIN))
         }
         verdict => {
-            let reply = match forward(shared, query, tcp).await {
+            let reply = match forward(&shared, query, tcp).await {
                 Ok(reply) => reply,
                 Err(err) => {
                     tracing::debug!(error = %err, "cluster DNS did not answer");
@@ -396,21 +400,23 @@ async fn answer(shared: &Shared, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
                 }
             };
             if let Verdict::Open { ports, any } = verdict {
-                let opened: Vec<OpenAddress> = answer_addresses(&reply)
+                let ports = if any { vec![] } else { ports };
+                let opened: Vec<TimedElement> = answer_addresses(&reply)
                     .into_iter()
-                    .map(|(addr, ttl)| OpenAddress {
-                        addr,
-                        ports: if any { vec![] } else { ports.clone() },
-                        seconds: shared.policy.host_ttl.clamp(ttl),
+                    .flat_map(|(addr, ttl)| {
+                        elements(addr, &ports, shared.policy.host_ttl.clamp(ttl))
                     })
                     .collect();
                 if !opened.is_empty() {
-                    let script = open_addresses_script(&opened);
-                    let netns = shared.netns_path.clone();
-                    let done =
-                        tokio::task::spawn_blocking(move || run_nft(&script, Some(&netns))).await;
-                    if let Ok(Err(err)) | Err(err) = done.map_err(anyhow::Error::from) {
-                        tracing::warn!(error = %format!("{err:#}"), "opening resolved addresses failed");
+                    let nft = shared.clone();
+                    let done = tokio::task::spawn_blocking(move || {
+                        nft.nft.lock().expect("lock").open_elements(TABLE, &opened)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+                    if let Err(err) = done {
+                        tracing::warn!(error = %err, "opening resolved addresses failed");
                         return Some(reply_with(query, &question, RCODE_SERVFAIL));
                     }
                 }

@@ -133,36 +133,81 @@ fn allow_mode_still_limits_inbound_and_runs_no_resolver() {
 }
 
 #[test]
-fn resolved_addresses_are_reopened_with_a_fresh_timer() {
+fn resolved_addresses_are_opened_over_netlink_with_a_fresh_timer() {
     use agentsandbox_contract::{EgressPort, Protocol};
-    use agentsandbox_shim::egress::{open_addresses_script, OpenAddress};
-    let script = open_addresses_script(&[
-        OpenAddress {
-            addr: "10.96.100.10".parse().unwrap(),
-            ports: vec![EgressPort {
-                port: 8080,
-                protocol: Protocol::Tcp,
-            }],
-            seconds: 30,
-        },
-        OpenAddress {
-            addr: "fd00::7".parse().unwrap(),
-            ports: vec![],
-            seconds: 5,
-        },
-    ]);
-    assert_eq!(
-        script,
-        "add element inet agentsandbox host4 { 10.96.100.10 . tcp . 8080 timeout 30s }\n\
-         delete element inet agentsandbox host4 { 10.96.100.10 . tcp . 8080 }\n\
-         add element inet agentsandbox host4 { 10.96.100.10 . tcp . 8080 timeout 30s }\n\
-         add element inet agentsandbox host6_any { fd00::7 timeout 5s }\n\
-         delete element inet agentsandbox host6_any { fd00::7 }\n\
-         add element inet agentsandbox host6_any { fd00::7 timeout 5s }\n"
-    );
-    // Checked against the table it updates.
+    use agentsandbox_shim::sys::nft_sets::{elements, NftSocket};
+    let tcp8080 = [EgressPort {
+        port: 8080,
+        protocol: Protocol::Tcp,
+    }];
+    let v4 = elements("10.96.200.10".parse().unwrap(), &tcp8080, 30);
+    assert_eq!(v4[0].set, "host4");
+    assert_eq!(v4[0].key, [10, 96, 200, 10, 6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
+    assert_eq!(v4[0].timeout_ms, 30_000);
+    let v6 = elements("fd00::7".parse().unwrap(), &[], 5);
+    assert_eq!((v6[0].set, v6[0].key.len()), ("host6_any", 16));
+
+    // Applied in a real network namespace, to the table the shim renders.
+    let netns = format!("asb-nftsets-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap()
+    };
+    assert!(ip(&["netns", "add", &netns]).success());
+    let path = std::path::PathBuf::from(format!("/var/run/netns/{netns}"));
     let table = render(r#"{"mode":"Deny"}"#, &nameservers("nameserver 10.96.0.10")).unwrap();
-    nft_accepts(&(table.nft + &script)).unwrap();
+    let result = std::panic::catch_unwind(|| {
+        agentsandbox_shim::egress::apply_rules(&table, Some(&path)).unwrap();
+        let path2 = path.clone();
+        let mut socket = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path2).unwrap();
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            NftSocket::open().unwrap()
+        })
+        .join()
+        .unwrap();
+        let list = |set: &str| {
+            let out = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &netns,
+                    "nft",
+                    "list",
+                    "set",
+                    "inet",
+                    "agentsandbox",
+                    set,
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        socket.open_elements("agentsandbox", &v4).unwrap();
+        socket.open_elements("agentsandbox", &v6).unwrap();
+        assert!(
+            list("host4").contains("10.96.200.10 . tcp . 8080 timeout 30s"),
+            "{}",
+            list("host4")
+        );
+        assert!(
+            list("host6_any").contains("fd00::7 timeout 5s"),
+            "{}",
+            list("host6_any")
+        );
+        // Again with another timeout: the element is replaced, not kept.
+        let longer = elements("10.96.200.10".parse().unwrap(), &tcp8080, 90);
+        socket.open_elements("agentsandbox", &longer).unwrap();
+        assert!(list("host4").contains("timeout 1m30s"), "{}", list("host4"));
+        // A table that is not there: the kernel's error, and the socket still works after it.
+        let err = socket.open_elements("absent", &v4).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+        socket.open_elements("agentsandbox", &v6).unwrap();
+    });
+    assert!(ip(&["netns", "del", &netns]).success());
+    result.unwrap();
 }
 
 #[test]
