@@ -40,11 +40,17 @@ pub struct EgressPolicy {
     #[serde(default)]
     pub dns: bool,
     /// Ports the sandbox accepts connections (and datagrams) on; everything else inbound is
-    /// refused, except replies to the sandbox's own allowed flows.
-    #[serde(default)]
+    /// refused, except replies to the sandbox's own allowed flows. Left out of the JSON when
+    /// empty (as `hostTTL` at its default), so that a sandbox that uses neither keeps the
+    /// annotation, and its pod, of the version before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<EgressPort>,
     /// How long an address a `host` rule resolved to stays open: the record's TTL, bounded.
-    #[serde(default, rename = "hostTTL")]
+    #[serde(
+        default,
+        rename = "hostTTL",
+        skip_serializing_if = "TtlBounds::is_default"
+    )]
     pub host_ttl: TtlBounds,
 }
 
@@ -69,6 +75,10 @@ impl TtlBounds {
     /// Clients that cache an answer for about this long (the JVM's default) keep working.
     pub const DEFAULT_MIN_SECONDS: u32 = 30;
     pub const DEFAULT_MAX_SECONDS: u32 = 3600;
+
+    pub fn is_default(&self) -> bool {
+        *self == TtlBounds::default()
+    }
 
     /// The time an address answered with `ttl` stays open.
     pub fn clamp(&self, ttl: u32) -> u32 {
