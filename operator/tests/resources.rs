@@ -269,9 +269,7 @@ fn egress_allow_list_becomes_ip_blocks_with_ports_and_the_runtime_annotation() {
     let pod = desired_pod(&s, &settings(), NamespaceSecurity::default());
     assert_eq!(
         pod.metadata.annotations.unwrap()[ANNOTATION_EGRESS],
-        concat!(
-            r#"{"mode":"Deny","allow":[{"cidr":"10.20.0.0/16","ports":[{"port":443,"protocol":"TCP"},{"port":53,"protocol":"UDP"}]},{"cidr":"10.30.0.7/32","ports":[]}],"dns":false}"#
-        )
+        r#"{"mode":"Deny","allow":[{"cidr":"10.20.0.0/16","ports":[{"port":443,"protocol":"TCP"},{"port":53,"protocol":"UDP"}]},{"cidr":"10.30.0.7/32","ports":[]}],"dns":false}"#
     );
 }
 
