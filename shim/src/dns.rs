@@ -36,6 +36,12 @@ const RCODE_SERVFAIL: u8 = 2;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message the resolver handles (EDNS sizes are below it).
 const MAX_MESSAGE: usize = 65_535;
+/// Largest UDP answer taken from the cluster DNS (EDNS buffers are at most this; a longer
+/// answer is truncated upstream and the client retries over TCP).
+const MAX_UDP_ANSWER: usize = 4096;
+/// Queries forwarded at once per pod: a sandbox flooding allowed names while the cluster DNS
+/// is slow gets SERVFAIL past this, instead of growing the shim by a task per query.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// The question of a standard query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,6 +284,7 @@ struct Shared {
     telemetry: Option<Arc<Telemetry>>,
     container: String,
     refused: std::sync::atomic::AtomicU64,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Resolver {
@@ -329,6 +336,7 @@ impl Resolver {
             telemetry,
             container,
             refused: Default::default(),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         });
         let mut tasks = vec![];
         for (udp, tcp) in bound {
@@ -392,6 +400,9 @@ async fn answer(shared: Arc<Shared>, query: &[u8], tcp: bool) -> Option<Vec<u8>>
             Some(reply_with(query, &question, RCODE_NXDOMAIN))
         }
         verdict => {
+            let Ok(_permit) = shared.in_flight.try_acquire() else {
+                return Some(reply_with(query, &question, RCODE_SERVFAIL));
+            };
             let reply = match forward(&shared, query, tcp).await {
                 Ok(reply) => reply,
                 Err(err) => {
@@ -447,7 +458,7 @@ async fn forward(shared: &Shared, query: &[u8], tcp: bool) -> std::io::Result<Ve
             let socket = tokio::net::UdpSocket::from_std(std_socket)?;
             socket.connect(upstream).await?;
             socket.send(query).await?;
-            let mut reply = vec![0u8; MAX_MESSAGE];
+            let mut reply = vec![0u8; MAX_UDP_ANSWER];
             loop {
                 let len = socket.recv(&mut reply).await?;
                 // Only the answer to this query (same id) counts.

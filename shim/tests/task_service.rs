@@ -638,3 +638,57 @@ async fn the_pods_resolver_refuses_names_no_rule_allows_and_counts_them_as_netwo
         .is_err());
     assert_eq!(h.telemetry.total(), before + 2);
 }
+
+#[tokio::test]
+async fn a_flood_of_allowed_names_while_the_cluster_dns_is_silent_gets_servfail_past_the_bound() {
+    use agentsandbox_shim::dns::MAX_IN_FLIGHT;
+    let h = harness("dnsflood");
+    let policy = json!({
+        annotations::EGRESS: r#"{"mode":"Deny","allow":[{"host":"allowed.test","ports":[{"port":8080,"protocol":"TCP"}]}]}"#,
+    });
+    let pause = bundle(&h.root, "pause", "sandbox", policy.clone());
+    let agent = bundle(&h.root, "agent", "container", policy);
+    h.service
+        .create(&ctx(), create_request(pause, "pause"))
+        .await
+        .unwrap();
+    h.service
+        .create(&ctx(), create_request(agent, "agent"))
+        .await
+        .unwrap();
+    // The cluster DNS (10.96.0.10) is on a link where nobody answers (not even ARP).
+    let netns = netns_name(&h.root);
+    ip(&[
+        "-n", &netns, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+    ]);
+    ip(&["-n", &netns, "addr", "add", "10.96.0.1/24", "dev", "v0"]);
+    ip(&["-n", &netns, "link", "set", "v0", "up"]);
+    ip(&["-n", &netns, "link", "set", "v1", "up"]);
+
+    const QUERIES: usize = 200;
+    let servfails = tokio::task::spawn_blocking(move || {
+        let ns = std::fs::File::open(format!("/var/run/netns/{netns}")).unwrap();
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        for i in 0..QUERIES {
+            let mut q = dns_query("allowed.test", 1);
+            q[..2].copy_from_slice(&(i as u16).to_be_bytes());
+            socket.send_to(&q, "127.0.0.1:53").unwrap();
+        }
+        // Within 2 s (the forwards wait 5 s for the silent server), only refusals arrive.
+        let mut servfails = 0;
+        let mut reply = [0u8; 512];
+        while let Ok(len) = socket.recv(&mut reply) {
+            assert!(len >= 4);
+            assert_eq!(reply[3] & 0x0f, 2, "SERVFAIL");
+            servfails += 1;
+        }
+        servfails
+    })
+    .await
+    .unwrap();
+    assert_eq!(servfails, QUERIES - MAX_IN_FLIGHT);
+}
