@@ -666,6 +666,37 @@ impl Cluster {
         .map(|s| s.trim().to_string())
     }
 
+    /// The host pid of a pod's first container (to enter its namespaces from the node).
+    pub fn pod_host_pid(&self, namespace: &str, pod: &str) -> Result<u32> {
+        let id = self.pod_field(namespace, pod, "{.status.containerStatuses[0].containerID}")?;
+        container_host_pid(&id)
+    }
+
+    /// A runc busybox pod `name` that answers `greeting` on TCP 8080, behind a Service of the
+    /// same name with the fixed ClusterIP `cluster_ip` (the harness CoreDNS's `test` zone
+    /// points names at such addresses); Ready. Creating the Service is retried while a
+    /// namespace of an earlier run still holds the address.
+    pub fn greeting_service(&self, namespace: &str, name: &str, cluster_ip: &str, greeting: &str) {
+        let mut pod = busybox_pod(
+            namespace,
+            name,
+            &format!("trap 'exit 0' TERM; nc -ll -p 8080 -e echo {greeting} & wait"),
+        );
+        pod.metadata.labels = Some([("target".to_string(), name.to_string())].into());
+        self.apply(&pod).unwrap();
+        let service = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+             spec:\n  clusterIP: {cluster_ip}\n  selector: {{target: {name}}}\n  ports: [{{port: 8080}}]\n"
+        );
+        wait_until_sync(
+            &format!("{cluster_ip} free for the {name} Service"),
+            Duration::from_secs(180),
+            || self.apply(&service).ok(),
+        )
+        .unwrap();
+        self.wait_pod(namespace, name, "condition=Ready").unwrap();
+    }
+
     /// `kubectl exec POD -- ARGS`: (exit code, stdout, stderr).
     pub fn exec(&self, namespace: &str, pod: &str, args: &[&str]) -> (i32, String, String) {
         let mut all = vec!["-n", namespace, "exec", pod, "--"];

@@ -4,12 +4,11 @@
 //! and counts them; inbound traffic reaches only the exposed ports, and a datagram sent in
 //! opens no way out.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use agentsandbox_e2e::{
-    attack_image, busybox_pod, container_host_pid, runtime_pod, sandbox_manifest, sh,
-    wait_sandbox_ready, wait_until, Cluster, IDLE_LOOP,
+    attack_image, runtime_pod, sandbox_manifest, sh, wait_sandbox_ready, wait_until, Cluster,
+    IDLE_LOOP,
 };
 use agentsandbox_operator::api::AgentSandbox;
 use kube::Api;
@@ -24,30 +23,9 @@ const ALLOWED_IP6: &str = "fd00:10:244::2:10";
 const DENIED_IP6: &str = "fd00:10:244::2:11";
 
 fn target(cluster: &Cluster, ns: &str, name: &str, cluster_ip: &str, ip6: Option<&str>) {
-    let mut pod = busybox_pod(
-        ns,
-        name,
-        &format!("trap 'exit 0' TERM; nc -ll -p 8080 -e echo {name}-greeting & wait"),
-    );
-    pod.metadata.labels = Some(BTreeMap::from([("target".to_string(), name.to_string())]));
-    cluster.apply(&pod).unwrap();
-    // The address is the test zone's; a namespace of an earlier run may still hold it.
-    let service = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
-         spec:\n  clusterIP: {cluster_ip}\n  selector: {{target: {name}}}\n  ports: [{{port: 8080}}]\n"
-    );
-    agentsandbox_e2e::wait_until_sync(
-        &format!("{cluster_ip} free for the {name} Service"),
-        Duration::from_secs(180),
-        || cluster.apply(&service).ok(),
-    )
-    .unwrap();
-    cluster.wait_pod(ns, name, "condition=Ready").unwrap();
+    cluster.greeting_service(ns, name, cluster_ip, &format!("{name}-greeting"));
     if let Some(ip6) = ip6 {
-        let id = cluster
-            .pod_field(ns, name, "{.status.containerStatuses[0].containerID}")
-            .unwrap();
-        let pid = container_host_pid(&id).unwrap().to_string();
+        let pid = cluster.pod_host_pid(ns, name).unwrap().to_string();
         let status = std::process::Command::new("nsenter")
             .args(["-t", &pid, "-n", "ip", "-6", "addr", "add"])
             .args([&format!("{ip6}/64"), "dev", "eth0", "nodad"])

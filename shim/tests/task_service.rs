@@ -595,26 +595,43 @@ async fn ask_resolver_tcp(netns: String, query: Vec<u8>) -> std::io::Result<Vec<
     .unwrap()
 }
 
-#[tokio::test]
-async fn the_pods_resolver_refuses_names_no_rule_allows_and_counts_them_as_network_events() {
-    let h = harness("resolver");
-    let policy = json!({
-        annotations::EGRESS: r#"{"mode":"Deny","allow":[{"host":"allowed.test","ports":[{"port":8080,"protocol":"TCP"}]}],"dns":false}"#,
-    });
+/// The egress policy of the resolver tests: one host rule, allowed.test:8080.
+fn host_rule_policy() -> Value {
+    json!({
+        annotations::EGRESS: r#"{"mode":"Deny","allow":[{"host":"allowed.test","ports":[{"port":8080,"protocol":"TCP"}]}]}"#,
+    })
+}
+
+/// Creates the pod's sandbox container, then (unless `pause_only`) its first application
+/// container, both under `policy`.
+async fn create_pod(h: &Harness, policy: Value, pause_only: bool) {
     let pause = bundle(&h.root, "pause", "sandbox", policy.clone());
-    let agent = bundle(&h.root, "agent", "container", policy);
     h.service
         .create(&ctx(), create_request(pause, "pause"))
         .await
         .unwrap();
-    // No resolver before the first application container: nothing listens yet.
-    assert!(ask_resolver(netns_name(&h.root), dns_query("x.test", 1))
-        .await
-        .is_err());
+    if !pause_only {
+        create_agent(h, policy).await;
+    }
+}
+
+async fn create_agent(h: &Harness, policy: Value) {
+    let agent = bundle(&h.root, "agent", "container", policy);
     h.service
         .create(&ctx(), create_request(agent, "agent"))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn the_pods_resolver_refuses_names_no_rule_allows_and_counts_them_as_network_events() {
+    let h = harness("resolver");
+    create_pod(&h, host_rule_policy(), true).await;
+    // No resolver before the first application container: nothing listens yet.
+    assert!(ask_resolver(netns_name(&h.root), dns_query("x.test", 1))
+        .await
+        .is_err());
+    create_agent(&h, host_rule_policy()).await;
     let creates = h.launcher.creates.lock().unwrap().clone();
     assert_eq!(creates[1]["egress"]["resolver"], true);
 
@@ -643,19 +660,7 @@ async fn the_pods_resolver_refuses_names_no_rule_allows_and_counts_them_as_netwo
 async fn a_flood_of_allowed_names_while_the_cluster_dns_is_silent_gets_servfail_past_the_bound() {
     use agentsandbox_shim::dns::MAX_IN_FLIGHT;
     let h = harness("dnsflood");
-    let policy = json!({
-        annotations::EGRESS: r#"{"mode":"Deny","allow":[{"host":"allowed.test","ports":[{"port":8080,"protocol":"TCP"}]}]}"#,
-    });
-    let pause = bundle(&h.root, "pause", "sandbox", policy.clone());
-    let agent = bundle(&h.root, "agent", "container", policy);
-    h.service
-        .create(&ctx(), create_request(pause, "pause"))
-        .await
-        .unwrap();
-    h.service
-        .create(&ctx(), create_request(agent, "agent"))
-        .await
-        .unwrap();
+    create_pod(&h, host_rule_policy(), false).await;
     // The cluster DNS (10.96.0.10) is on a link where nobody answers (not even ARP).
     let netns = netns_name(&h.root);
     ip(&[

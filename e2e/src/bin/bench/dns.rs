@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentsandbox_e2e::{
-    busybox_pod, container_host_pid, sandbox_yaml, wait_sandbox_ready, Cluster,
-};
+use agentsandbox_e2e::{sandbox_yaml, wait_sandbox_ready, Cluster};
 use agentsandbox_operator::api::AgentSandbox;
 use kube::Api;
 
@@ -73,39 +71,10 @@ fn median(samples: &mut [Duration]) -> f64 {
         .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }
 
-fn target(cluster: &Cluster, ns: &str, name: &str, ip: &str) {
-    let mut pod = busybox_pod(
-        ns,
-        name,
-        "trap 'exit 0' TERM; nc -ll -p 8080 -e echo hi & wait",
-    );
-    pod.metadata.labels = Some([("target".to_string(), name.to_string())].into());
-    cluster.apply(&pod).unwrap();
-    // The address is the test zone's; a namespace of an earlier run may still hold it.
-    let service = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
-         spec:\n  clusterIP: {ip}\n  selector: {{target: {name}}}\n  ports: [{{port: 8080}}]\n"
-    );
-    agentsandbox_e2e::wait_until_sync(
-        &format!("{ip} free for the {name} Service"),
-        Duration::from_secs(180),
-        || cluster.apply(&service).ok(),
-    )
-    .unwrap();
-    cluster.wait_pod(ns, name, "condition=Ready").unwrap();
-}
-
-fn sandbox_pid(cluster: &Cluster, ns: &str, pod: &str) -> u32 {
-    let id = cluster
-        .pod_field(ns, pod, "{.status.containerStatuses[0].containerID}")
-        .unwrap();
-    container_host_pid(&id).unwrap()
-}
-
 pub async fn dns_bench(cluster: &Cluster, sandboxes: usize, seconds: u64) {
     let ns = cluster.namespace("bench-dns");
-    target(cluster, &ns.name, "allowed", ALLOWED_IP);
-    target(cluster, &ns.name, "cidr", CIDR_IP);
+    cluster.greeting_service(&ns.name, "allowed", ALLOWED_IP, "hi");
+    cluster.greeting_service(&ns.name, "cidr", CIDR_IP, "hi");
     let extra = format!(
         "  network:\n    egressAllow:\n    - {{host: allowed.test, ports: [{{port: 8080}}]}}\n\
          \x20   - {{cidr: {CIDR_IP}/32, ports: [{{port: 8080}}]}}\n\
@@ -126,7 +95,7 @@ pub async fn dns_bench(cluster: &Cluster, sandboxes: usize, seconds: u64) {
             .await
             .unwrap();
         let pod = sandbox.status.unwrap().pod_name.unwrap();
-        pids.push(sandbox_pid(cluster, &ns.name, &pod));
+        pids.push(cluster.pod_host_pid(&ns.name, &pod).unwrap());
     }
 
     println!(
