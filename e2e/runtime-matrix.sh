@@ -3,7 +3,7 @@
 # containerd and a Kubernetes built from the Go module proxy and cached like the default stack.
 # Per row: a real single-node cluster of its own (state in .e2e-matrix/<row>/, started with
 # e2e/up.sh, so the chart's node agent installs the shim into that containerd's configuration),
-# then the e2e tests of the cluster versions, the runtime, the escape telemetry and the
+# then the e2e tests of the cluster versions, the runtime, the escape telemetry, egress by name and the
 # installer against it, then `make down` for that cluster and a leftovers check. Prints one
 # table row per stack; a failing row fails the run but the other rows still run.
 #
@@ -13,7 +13,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MATRIX_DIR=$ROOT/.e2e-matrix
-E2E_TESTS=(cluster runtime escapes telemetry_socket installer)
+E2E_TESTS=(cluster runtime escapes egress_names telemetry_socket installer)
 
 # row_env CONTAINERD KUBERNETES: the environment one row's scripts and tests run with.
 row_env() {
