@@ -16,9 +16,10 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p agentsandbox-operator -p agentsandbox-node -p agentsandbox-shim \
+ && cargo rustc --release --locked -p agentsandbox-wait --bin agentsandbox-wait -- -C target-feature=+crt-static \
  && mkdir -p /out \
  && cp target/release/agentsandbox-operator target/release/agentsandbox-node \
-       target/release/containerd-shim-agentsandbox-v1 /out/
+       target/release/containerd-shim-agentsandbox-v1 target/release/agentsandbox-wait /out/
 
 # The operator: one static-enough binary, nothing else, never root.
 FROM ${RUNTIME_IMAGE} AS operator
@@ -34,5 +35,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/agentsandbox-node /usr/local/bin/agentsandbox-node
 COPY --from=build /out/containerd-shim-agentsandbox-v1 /usr/local/share/agentsandbox/containerd-shim-agentsandbox-v1
+# The warm-pool waiter (static), installed next to the shim.
+COPY --from=build /out/agentsandbox-wait /usr/local/share/agentsandbox/agentsandbox-wait
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/agentsandbox-node"]

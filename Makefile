@@ -45,8 +45,10 @@ bench: ## measurements against baselines on the local cluster (starts/updates it
 	cargo run -q --locked -p agentsandbox-e2e --bin bench
 
 crds: ## regenerate crds/ from the Rust API types
-	cargo run -q --locked -p agentsandbox-operator --bin crdgen > crds/agentsandbox.io_agentsandboxes.yaml
-	cp crds/agentsandbox.io_agentsandboxes.yaml charts/agentsandbox/files/crds/
+	for plural in agentsandboxes agentsandboxtemplates agentsandboxpools; do \
+	  cargo run -q --locked -p agentsandbox-operator --bin crdgen $$plural > crds/agentsandbox.io_$$plural.yaml && \
+	  cp crds/agentsandbox.io_$$plural.yaml charts/agentsandbox/files/crds/ || exit 1; \
+	done
 
 test-matrix: ## e2e (cluster, runtime, escapes, installer) on every containerd+Kubernetes of VERSION_MATRIX (e2e/versions.env); needs no cluster up
 	bash e2e/runtime-matrix.sh

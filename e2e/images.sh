@@ -36,7 +36,8 @@ build_binary_image() {
 operator_tag=$(build_binary_image agentsandbox-operator)
 # The node image carries the shim it installs (Dockerfile target `node`).
 node_tag=$(build_binary_image agentsandbox-node \
-  "$ROOT/target/release/containerd-shim-agentsandbox-v1:/usr/local/share/agentsandbox/containerd-shim-agentsandbox-v1")
+  "$ROOT/target/release/containerd-shim-agentsandbox-v1:/usr/local/share/agentsandbox/containerd-shim-agentsandbox-v1" \
+  "$ROOT/target/release/agentsandbox-wait-static:/usr/local/share/agentsandbox/agentsandbox-wait")
 cat >"$STATE/images.env" <<ENV
 OPERATOR_IMAGE_REPOSITORY=agentsandbox.local/agentsandbox-operator
 OPERATOR_IMAGE_TAG=$operator_tag

@@ -153,8 +153,13 @@ cluster_is_up() {
 # unifies features across the packages of one invocation, so building a subset would rebuild
 # the shared dependencies with other features.
 build_release_binaries() {
-  step "building release binaries (operator, node agent, shim)"
+  step "building release binaries (operator, node agent, shim, warm-pool waiter)"
   (cd "$ROOT" && cargo build --release --locked -p agentsandbox-operator -p agentsandbox-node -p agentsandbox-shim)
+  # The waiter runs inside any image: linked statically (glibc's crt-static), and kept under
+  # its own name so that a workspace build cannot overwrite it with a dynamic one.
+  (cd "$ROOT" && cargo rustc -q --release --locked -p agentsandbox-wait --bin agentsandbox-wait \
+    -- -C target-feature=+crt-static &&
+    cp target/release/agentsandbox-wait target/release/agentsandbox-wait-static)
 }
 
 # containerd_dir VERSION: where VERSION's containerd, ctr and runc shim are cached.

@@ -13,7 +13,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MATRIX_DIR=$ROOT/.e2e-matrix
-E2E_TESTS=(cluster runtime escapes egress_names telemetry_socket installer)
+E2E_TESTS=(cluster runtime escapes egress_names pools telemetry_socket installer)
 
 # row_env CONTAINERD KUBERNETES: the environment one row's scripts and tests run with.
 row_env() {

@@ -6,6 +6,7 @@
 
 mod egress;
 mod escape;
+pub mod handoff;
 mod pod_policy;
 
 pub use egress::{

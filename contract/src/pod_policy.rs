@@ -42,7 +42,8 @@ pub enum PolicyError {
 
 /// Which AgentSandbox a pod belongs to, as the operator wrote it (the node agent never
 /// trusts this: it resolves the sandbox from the pod's owner reference).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PodIdentity {
     pub sandbox_name: String,
     pub sandbox_namespace: String,
@@ -59,6 +60,9 @@ pub struct PodPolicy {
     /// No egress annotation (a pod the operator did not make) is no egress at all: a plain pod
     /// under the RuntimeClass fails closed, like an AgentSandbox that says nothing.
     pub egress: EgressPolicy,
+    /// A warm pool member: its agent container waits for a claim's handoff
+    /// ([`crate::handoff`]) before the agent starts.
+    pub warm: bool,
 }
 
 impl PodPolicy {
@@ -94,6 +98,12 @@ impl PodPolicy {
             annotations::EGRESS.to_string(),
             serde_json::to_string(&self.egress).expect("the egress policy serialises"),
         );
+        if self.warm {
+            written.insert(
+                crate::handoff::WARM_ANNOTATION.to_string(),
+                "true".to_string(),
+            );
+        }
         written
     }
 
@@ -134,6 +144,16 @@ impl PodPolicy {
                 .transpose()?
                 .unwrap_or_default(),
             egress,
+            warm: match parsed(crate::handoff::WARM_ANNOTATION) {
+                None => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(PolicyError::Annotation {
+                        key: crate::handoff::WARM_ANNOTATION,
+                        reason: format!("{other:?} is not \"true\""),
+                    })
+                }
+            },
         })
     }
 }

@@ -48,6 +48,7 @@ fn full_policy() -> PodPolicy {
                 max_seconds: 600,
             },
         },
+        warm: true,
     }
 }
 

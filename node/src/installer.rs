@@ -207,8 +207,18 @@ fn write_atomically(path: &Path, content: &[u8], mode: u32) -> Result<(), Instal
 /// Copies the shim into `bin_dir` unless the same bytes are there. Replaced by rename, so
 /// running shims keep their (old) binary. Returns whether it changed.
 pub fn install_shim(source: &Path, bin_dir: &Path) -> Result<bool, InstallError> {
+    install_binary(source, bin_dir, SHIM_NAME)
+}
+
+/// Copies the warm-pool waiter (`agentsandbox-wait`, which the shim runs in a warm member's
+/// agent container) next to the shim, as [`install_shim`] does.
+pub fn install_waiter(source: &Path, bin_dir: &Path) -> Result<bool, InstallError> {
+    install_binary(source, bin_dir, agentsandbox_contract::handoff::WAITER_NAME)
+}
+
+fn install_binary(source: &Path, bin_dir: &Path, name: &str) -> Result<bool, InstallError> {
     let wanted = std::fs::read(source).map_err(io("reading", source))?;
-    let target = bin_dir.join(SHIM_NAME);
+    let target = bin_dir.join(name);
     if std::fs::read(&target).is_ok_and(|present| present == wanted) {
         return Ok(false);
     }

@@ -8,5 +8,6 @@ pub mod activity_reporter;
 pub mod activity_sampling;
 pub mod escape_reporter;
 pub mod escapes;
+pub mod handoff_relay;
 pub mod installer;
 pub mod ownership;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use agentsandbox_node::activity_reporter::{run_activity_reporter, sandbox_pods, NodeSettings};
 use agentsandbox_node::escape_reporter::{self, EscapeReporter};
+use agentsandbox_node::handoff_relay;
 use agentsandbox_node::installer::{self, Restart};
 use anyhow::{Context, Result};
 use axum::extract::State;
@@ -68,6 +69,12 @@ struct InstallArgs {
         default_value = "/usr/local/share/agentsandbox/containerd-shim-agentsandbox-v1"
     )]
     shim_source: PathBuf,
+    /// The warm-pool waiter carried by this image (installed next to the shim).
+    #[arg(
+        long,
+        default_value = "/usr/local/share/agentsandbox/agentsandbox-wait"
+    )]
+    waiter_source: PathBuf,
     /// Where the shim goes: a directory on containerd's PATH, as mounted here.
     #[arg(long)]
     bin_dir: PathBuf,
@@ -96,6 +103,8 @@ struct InstallArgs {
 
 /// `agentsandbox-node install`.
 async fn install(node_name: &str, args: InstallArgs) -> Result<()> {
+    let waiter = installer::install_waiter(&args.waiter_source, &args.bin_dir)?;
+    info!(changed = waiter, dir = %args.bin_dir.display(), "warm-pool waiter {}", if waiter { "installed" } else { "unchanged" });
     let shim = installer::install_shim(&args.shim_source, &args.bin_dir)?;
     info!(changed = shim, dir = %args.bin_dir.display(), "shim {}", if shim { "installed" } else { "unchanged" });
     let config = installer::install_config(
@@ -166,6 +175,18 @@ async fn main() -> Result<()> {
     let mut registry = Registry::with_prefix("agentsandbox");
     reporter.metrics().register(&mut registry);
     let registry = Arc::new(registry);
+    let relay = Arc::new(handoff_relay::Relay {
+        key: agentsandbox_operator::handoff::HandoffKey::from_env()?,
+        socket_dir: args
+            .telemetry_socket
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default()
+            .join(agentsandbox_contract::handoff::SOCKET_DIR),
+    });
+    if relay.key.is_none() {
+        info!("no handoff key: warm pool handoffs to this node are refused");
+    }
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
@@ -173,7 +194,8 @@ async fn main() -> Result<()> {
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/metrics", get(metrics))
-            .with_state(registry);
+            .with_state(registry)
+            .merge(handoff_relay::router(relay));
         if let Err(e) = axum::serve(listener, app).await {
             error!(error = %e, "HTTP server failed");
         }

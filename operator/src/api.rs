@@ -73,8 +73,28 @@ pub const GROUP: &str = "agentsandbox.io";
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.files) || !has(self.workspace) || self.files.all(f, f.path != self.workspace.mountPath && !f.path.startsWith(self.workspace.mountPath + '/') && !self.workspace.mountPath.startsWith(f.path + '/'))").message("spec.files: a path cannot be the workspace's mountPath, inside it or above it (the workspace is writable, files are read-only); choose another directory"))]
+#[x_kube(validation = Rule::new("has(self.image) != has(self.templateRef)").message("spec needs exactly one of image (a sandbox of its own) or templateRef (a sandbox from an AgentSandboxTemplate of this namespace)"))]
+#[x_kube(validation = Rule::new("!has(self.poolRef) || has(self.templateRef)").message("spec.poolRef needs spec.templateRef (the pool's template)"))]
+#[x_kube(validation = Rule::new("!has(self.templateRef) || (!has(self.imagePullPolicy) && !has(self.workingDir) && !has(self.resources) && !has(self.podTemplate) && !has(self.workspace) && !has(self.files) && !has(self.network.expose))").message("spec.templateRef: imagePullPolicy, workingDir, resources, podTemplate, workspace, files and network.expose come from the template; set them in the AgentSandboxTemplate"))]
+#[x_kube(validation = Rule::new("!has(self.templateRef) || (self.isolation.profile == 'Strict' && self.isolation.seccompProfile == 'Agent' && self.isolation.user == 'Auto')").message("spec.isolation comes from the template when spec.templateRef is set; set it in the AgentSandboxTemplate"))]
+#[x_kube(validation = Rule::new("has(self.templateRef) == has(oldSelf.templateRef) && (!has(self.templateRef) || (self.templateRef == oldSelf.templateRef && ((has(self.poolRef) == has(oldSelf.poolRef)) && (!has(self.poolRef) || self.poolRef == oldSelf.poolRef))))").message("spec.templateRef and spec.poolRef cannot change; create a new sandbox"))]
 pub struct AgentSandboxSpec {
-    /// Container image the agent runs in. Give an explicit tag or digest.
+    /// Start from this AgentSandboxTemplate (of the sandbox's namespace) instead of giving an
+    /// image: the template's spec, with this sandbox's env (added), command/args, network
+    /// egress (added), lifetime and security (the stricter) on top. Fixed once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_ref: Option<LocalRef>,
+
+    /// Take a ready pod from this AgentSandboxPool (which must use templateRef's template):
+    /// the sandbox is Ready in milliseconds, with its env, command/args and egress handed to
+    /// the waiting pod. Without a ready pod it starts cold, and status.claim says why. When
+    /// omitted, a pool of the namespace that uses the same template is taken if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_ref: Option<LocalRef>,
+
+    /// Container image the agent runs in. Give an explicit tag or digest. Required unless
+    /// templateRef is set (the template's image is used then).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self.trim() == self && !self.contains(' ')").message("spec.image must be an image reference without spaces, e.g. registry.example/agent:1.2"))]
     pub image: String,
@@ -600,6 +620,167 @@ pub struct AgentSandboxStatus {
     /// agent), used for lifetime.idleTimeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activity: Option<ActivityStatus>,
+
+    /// How a sandbox with spec.templateRef started: from a warm pool pod or cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<ClaimStatus>,
+}
+
+/// A reference to an object of the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+pub struct LocalRef {
+    /// Its name.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("a reference must name an object (lowercase DNS subdomain)"))]
+    pub name: String,
+}
+
+/// How a sandbox made from a template started.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimStatus {
+    /// The template it was made from.
+    pub template: String,
+    /// Warm: it took a ready pod of `pool`. Cold: it started a pod of its own (`reason`
+    /// says why).
+    pub start: ClaimStart,
+    /// The pool whose pod it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Why it started cold: NoPool, PoolEmpty, Suspended, ArgsNeedTemplateCommand,
+    /// EnvNotWarmable, HandoffFailed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The same in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The warm pod took the sandbox's env, args and egress (its agent started).
+    #[serde(default)]
+    pub handed_off: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ClaimStart {
+    #[default]
+    Cold,
+    Warm,
+}
+
+/// A reusable sandbox spec: what `spec.templateRef` of an AgentSandbox starts from and what
+/// an AgentSandboxPool keeps warm pods of.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "agentsandbox.io",
+    version = "v1alpha1",
+    kind = "AgentSandboxTemplate",
+    plural = "agentsandboxtemplates",
+    shortname = "asbt",
+    namespaced,
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A reusable AgentSandbox spec, for spec.templateRef and AgentSandboxPools.",
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.sandbox.image"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSandboxTemplateSpec {
+    /// The sandbox (validated as an AgentSandbox's spec; it cannot itself use a template).
+    #[x_kube(validation = Rule::new("!has(self.templateRef) && !has(self.poolRef)").message("spec.sandbox of a template cannot use templateRef or poolRef"))]
+    pub sandbox: AgentSandboxSpec,
+}
+
+/// Ready pods of a template, waiting for AgentSandboxes to claim them.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "agentsandbox.io",
+    version = "v1alpha1",
+    kind = "AgentSandboxPool",
+    plural = "agentsandboxpools",
+    shortname = "asbp",
+    namespaced,
+    status = "AgentSandboxPoolStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "Warm, hardened, network-denied pods of an AgentSandboxTemplate that AgentSandboxes claim.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Template",
+        type_ = "string",
+        json_path = ".spec.templateRef.name"
+    ),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSandboxPoolSpec {
+    /// The template whose pods the pool keeps.
+    pub template_ref: LocalRef,
+    /// How many unclaimed pods to keep (claimed ones leave the pool and are replaced).
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// What happens to unclaimed pods when the template changes. Claimed pods are never
+    /// touched: they belong to their sandbox.
+    #[serde(default)]
+    pub update_strategy: PoolUpdateStrategy,
+}
+
+/// What happens to unclaimed pods when the template changes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolUpdateStrategy {
+    /// ReplaceIdle (default): unclaimed pods of the old template are deleted and new ones
+    /// started at once. OnDelete: they stay until deleted (a claim never takes one, because
+    /// its pod would not match the template).
+    #[serde(default, rename = "type")]
+    pub type_: PoolUpdateType,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PoolUpdateType {
+    #[default]
+    ReplaceIdle,
+    OnDelete,
+}
+
+/// What the operator observed of the pool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSandboxPoolStatus {
+    /// Unclaimed pods of the current template.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Of those, the ready ones (what a claim can take now).
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Unclaimed pods of an older template (OnDelete, or being replaced).
+    #[serde(default)]
+    pub outdated_replicas: i32,
+    /// Label selector of the pool's unclaimed pods (for the scale subresource).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub selector: String,
+    /// Hash of the template spec the pool's pods are made from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub template_hash: String,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready: every desired pod is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Option<Vec<Condition>>,
 }
 
 /// Activity of the sandbox's processes, measured on its node.

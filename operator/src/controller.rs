@@ -14,6 +14,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
@@ -21,6 +22,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::api::{AgentSandbox, AgentUser, Lifetime, OperatingMode, ResponseTaken, ShutdownPolicy};
+use crate::claim;
 use crate::lifecycle::{self, Observed, ObservedPod, Plan, PodDeletion, PodStep, SandboxDeletion};
 use crate::metrics::Metrics;
 use crate::resources::{
@@ -29,6 +31,7 @@ use crate::resources::{
     OperatorSettings, ANNOTATION_POD_HASH,
 };
 use crate::status::{finished_at, observe, Ending, Observation, Refusal, READY};
+use crate::template::{self, ANNOTATION_WARM_POD};
 
 pub const FIELD_MANAGER: &str = "agentsandbox-operator";
 pub const FINALIZER: &str = "agentsandbox.io/cleanup";
@@ -70,6 +73,11 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive refusals per sandbox UID: the retry delay backs off on them.
     refusals: Mutex<HashMap<String, u32>>,
+    /// Pools a claim just took a pod from (the pool controller refills them).
+    pub pool_refill:
+        Option<tokio::sync::mpsc::UnboundedSender<ObjectRef<crate::api::AgentSandboxPool>>>,
+    /// Sends claims' handoffs to node agents (None: no key, claims start cold).
+    pub handoff: Option<crate::handoff::HandoffClient>,
 }
 
 impl Context {
@@ -89,7 +97,21 @@ impl Context {
             settings,
             metrics,
             refusals: Mutex::new(HashMap::new()),
+            pool_refill: None,
+            handoff: None,
         }
+    }
+
+    /// A Normal Event on `sandbox`.
+    pub async fn event_for(
+        &self,
+        sandbox: &AgentSandbox,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        self.event(sandbox, EventType::Normal, reason, action, note)
+            .await;
     }
 
     /// How long to wait before trying a refused object again: 5 s, doubling per consecutive
@@ -290,12 +312,30 @@ static NO_LIFETIME: Lifetime = Lifetime {
 };
 
 /// Observes, plans (`lifecycle::plan`) and carries the plan out.
-async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
+async fn apply(stored: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
-    let namespace = sandbox.namespace().ok_or(Error::NoNamespace)?;
-    let name = sandbox.name_any();
+    let namespace = stored.namespace().ok_or(Error::NoNamespace)?;
+    let name = stored.name_any();
     let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+
+    let mut stored = stored.clone();
+    if stored.spec.template_ref.is_some() && template::recorded_template(&stored).is_none() {
+        match claim::start(&stored, ctx).await? {
+            claim::Started::Recorded(recorded) => stored = *recorded,
+            claim::Started::TemplateNotFound(template) => {
+                return template_not_found(&stored, ctx, &sandboxes, &template).await;
+            }
+        }
+    }
+    if stored.annotations().contains_key(ANNOTATION_WARM_POD) {
+        let warm = pods.get_opt(&pod_name(&stored)).await?;
+        if !warm.as_ref().is_some_and(|p| owned_by(p, &stored)) {
+            // The warm pod it took is gone: its next pod is its own, started cold.
+            stored = forget_warm_pod(&sandboxes, &name).await?;
+        }
+    }
+    let sandbox = &template::effective_sandbox(&stored);
 
     let namespace_security = namespace_security(sandbox, ctx, &namespace).await?;
     let desired = desired_pod(sandbox, &ctx.settings, namespace_security);
@@ -380,12 +420,18 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
                 PodDeletion::ShutdownTime => ("ShutdownTime", "shutdownTime passed: pod deleted"),
             };
             delete_if_exists(&pods, &pod_name(sandbox)).await?;
+            if sandbox.annotations().contains_key(ANNOTATION_WARM_POD) {
+                forget_warm_pod(&sandboxes, &name).await?;
+            }
             ctx.event(sandbox, EventType::Normal, reason, "DeletePod", note.into())
                 .await;
         }
         PodStep::Replace => {
             info!(sandbox = %name, %namespace, "spec changed: replacing the pod");
             delete_if_exists(&pods, &pod_name(sandbox)).await?;
+            if sandbox.annotations().contains_key(ANNOTATION_WARM_POD) {
+                forget_warm_pod(&sandboxes, &name).await?;
+            }
             ctx.event(
                 sandbox,
                 EventType::Normal,
@@ -432,8 +478,58 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
         None => ctx.admitted(sandbox),
     }
 
+    let warm_pod = pod
+        .as_ref()
+        .filter(|_| sandbox.annotations().contains_key(ANNOTATION_WARM_POD));
+    let mut claim_status = template::recorded_claim(sandbox);
+    let mut handoff_pending = false;
+    if let Some(claim) = claim_status.as_mut() {
+        claim.handed_off = sandbox
+            .status
+            .as_ref()
+            .and_then(|s| s.claim.as_ref())
+            .is_some_and(|c| c.handed_off);
+        if let Some(warm_pod) = warm_pod.filter(|_| !claim.handed_off) {
+            let running =
+                warm_pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            if running {
+                match claim::hand_off(&stored, warm_pod, ctx).await {
+                    Ok(()) => claim.handed_off = true,
+                    Err(e) => {
+                        let message = format!(
+                            "handing the sandbox's inputs to pod {}: {e}",
+                            warm_pod.name_any()
+                        );
+                        if sandbox
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.claim.as_ref())
+                            .and_then(|c| c.message.as_ref())
+                            != Some(&message)
+                        {
+                            warn!(sandbox = %name, %namespace, error = %e, "handoff failed");
+                            ctx.event(
+                                sandbox,
+                                EventType::Warning,
+                                "HandoffFailed",
+                                "Claim",
+                                message.clone(),
+                            )
+                            .await;
+                        }
+                        claim.message = Some(message);
+                        requeue = requeue.min(Duration::from_secs(2));
+                    }
+                }
+            }
+            handoff_pending = !claim.handed_off;
+        }
+    }
+
     let observation = Observation {
         sandbox,
+        claim: claim_status,
+        handoff_pending,
         pod: pod
             .as_ref()
             .filter(|p| p.metadata.deletion_timestamp.is_none() || suspended || shut_down),
@@ -463,6 +559,24 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
     if sandbox.status.as_ref().and_then(|s| s.phase) != status.phase {
         info!(sandbox = %name, %namespace, phase = ?status.phase, "phase changed");
     }
+    let was_ready = sandbox.condition(READY).is_some_and(|c| c.status == "True");
+    let is_ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == READY && c.status == "True");
+    if let (Some(claim), false, true) = (&status.claim, was_ready, is_ready) {
+        if let Some(created) = sandbox.metadata.creation_timestamp.as_ref() {
+            let took = now.duration_since(created.0);
+            if let Ok(took) = Duration::try_from(took) {
+                // A resumed sandbox turns Ready again much later: that is no claim latency.
+                if took < Duration::from_secs(600) {
+                    ctx.metrics
+                        .observe_claim(claim.start == crate::api::ClaimStart::Warm, took);
+                }
+            }
+        }
+    }
     let patch = json!({
         "apiVersion": "agentsandbox.io/v1alpha1",
         "kind": "AgentSandbox",
@@ -472,6 +586,58 @@ async fn apply(sandbox: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
         .patch_status(&name, &apply_params(), &Patch::Apply(&patch))
         .await?;
     Ok(Action::requeue(requeue))
+}
+
+/// Drops the record of the warm pod the sandbox took (its pod is gone); the sandbox as stored
+/// then.
+async fn forget_warm_pod(sandboxes: &Api<AgentSandbox>, name: &str) -> Result<AgentSandbox, Error> {
+    let patch = json!({"metadata": {"annotations": {ANNOTATION_WARM_POD: null}}});
+    Ok(sandboxes
+        .patch(
+            name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await?)
+}
+
+/// A templated sandbox whose template does not exist: Pending, Ready False, looked at again.
+async fn template_not_found(
+    sandbox: &AgentSandbox,
+    ctx: &Context,
+    sandboxes: &Api<AgentSandbox>,
+    template: &str,
+) -> Result<Action, Error> {
+    let message = format!(
+        "AgentSandboxTemplate {template} does not exist in namespace {}; create it (the sandbox starts then)",
+        sandbox.namespace().unwrap_or_default()
+    );
+    let already = sandbox
+        .condition(READY)
+        .is_some_and(|c| c.reason == "TemplateNotFound" && c.message == message);
+    if !already {
+        ctx.event(
+            sandbox,
+            EventType::Warning,
+            "TemplateNotFound",
+            "Claim",
+            message.clone(),
+        )
+        .await;
+    }
+    let status = crate::status::template_not_found(sandbox, message, Time(jiff::Timestamp::now()));
+    let patch = json!({
+        "apiVersion": "agentsandbox.io/v1alpha1",
+        "kind": "AgentSandbox",
+        "status": status,
+    });
+    sandboxes
+        .patch_status(&sandbox.name_any(), &apply_params(), &Patch::Apply(&patch))
+        .await?;
+    Ok(Action::requeue(Duration::from_secs(10)))
 }
 
 /// The NetworkPolicy, workspace claim and Service, applied before the pod exists. The first
@@ -531,7 +697,16 @@ async fn namespace_security(
     ctx: &Context,
     namespace: &str,
 ) -> Result<NamespaceSecurity, Error> {
-    if sandbox.spec.isolation.user != AgentUser::Auto {
+    namespace_security_of(&sandbox.spec, ctx, namespace).await
+}
+
+/// [`namespace_security`] for a spec (a template's, for the pods of a pool).
+pub async fn namespace_security_of(
+    spec: &crate::api::AgentSandboxSpec,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<NamespaceSecurity, Error> {
+    if spec.isolation.user != AgentUser::Auto {
         return Ok(NamespaceSecurity::default());
     }
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());

@@ -3,26 +3,52 @@
 //! (`node/`) writes status with.
 
 pub mod api;
+pub mod claim;
 pub mod controller;
+pub mod handoff;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pool;
 pub mod resources;
 pub mod status;
+pub mod template;
 
-/// The CRD, with descriptions unfolded into paragraphs.
+/// The AgentSandbox CRD, with descriptions unfolded into paragraphs.
 pub fn crd() -> serde_json::Value {
+    crd_of("agentsandboxes")
+}
+
+/// A CRD of the API by plural (agentsandboxes, agentsandboxtemplates, agentsandboxpools).
+pub fn crd_of(plural: &str) -> serde_json::Value {
     use kube::CustomResourceExt;
-    let mut crd = serde_json::to_value(api::AgentSandbox::crd()).expect("the CRD serialises");
+    let crd = match plural {
+        "agentsandboxtemplates" => api::AgentSandboxTemplate::crd(),
+        "agentsandboxpools" => api::AgentSandboxPool::crd(),
+        _ => api::AgentSandbox::crd(),
+    };
+    let mut crd = serde_json::to_value(crd).expect("the CRD serialises");
     unfold_descriptions(&mut crd);
     crd
 }
 
-/// The CRD as YAML, exactly as committed in `crds/`.
+/// The plurals of the API's CRDs (file `crds/agentsandbox.io_<plural>.yaml` each).
+pub const CRD_PLURALS: [&str; 3] = [
+    "agentsandboxes",
+    "agentsandboxtemplates",
+    "agentsandboxpools",
+];
+
+/// The AgentSandbox CRD as YAML, exactly as committed in `crds/`.
 pub fn crd_yaml() -> String {
+    crd_yaml_of("agentsandboxes")
+}
+
+/// A CRD as YAML, exactly as committed in `crds/`.
+pub fn crd_yaml_of(plural: &str) -> String {
     format!(
         "# Generated from operator/src/api.rs by `make crds`; do not edit.\n{}",
-        serde_saphyr::to_string(&crd()).expect("the CRD serialises to YAML")
+        serde_saphyr::to_string(&crd_of(plural)).expect("the CRD serialises to YAML")
     )
 }
 

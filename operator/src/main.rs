@@ -64,6 +64,14 @@ struct Args {
     #[arg(long, default_value = "agentsandbox-operator")]
     lease_name: String,
 
+    /// Namespace of the node agents (warm pool handoffs go to the agent on a pod's node).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    node_agent_namespace: String,
+
+    /// Label selector of the node agents' pods.
+    #[arg(long, default_value = "app.kubernetes.io/component=node")]
+    node_agent_selector: String,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -124,6 +132,13 @@ async fn shutdown_signal() {
     }
 }
 
+/// The receiving end of a channel as a stream.
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -134,6 +149,8 @@ async fn main() -> Result<()> {
         cluster_domain: args.cluster_domain.clone(),
         dns_namespace: args.dns_namespace.clone(),
         dns_pod_labels: parse_labels(&args.dns_pod_labels)?,
+        node_agent_namespace: args.node_agent_namespace.clone(),
+        node_agent_selector: args.node_agent_selector.clone(),
         ..OperatorSettings::default()
     };
     let client = kube::Client::try_default()
@@ -204,7 +221,23 @@ async fn main() -> Result<()> {
         }
     }
 
-    let ctx = Arc::new(Context::new(client, settings, metrics, identity));
+    let handoff = agentsandbox_operator::handoff::HandoffKey::from_env()?
+        .map(agentsandbox_operator::handoff::HandoffClient::new);
+    if handoff.is_none() {
+        info!("no handoff key (AGENTSANDBOX_HANDOFF_KEY): sandboxes from templates start cold");
+    }
+    let pool_controller = agentsandbox_operator::pool::controller(client.clone());
+    let (refill_tx, refill_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut ctx = Context::new(client, settings, metrics, identity);
+    ctx.pool_refill = Some(refill_tx);
+    ctx.handoff = handoff;
+    let ctx = Arc::new(ctx);
+    let pools = agentsandbox_operator::pool::run(
+        pool_controller,
+        ctx.clone(),
+        tokio_stream_of(refill_rx),
+        stopped(),
+    );
     let lost_leadership = async {
         match &elector {
             Some(elector) => elector.hold().await,
@@ -212,8 +245,8 @@ async fn main() -> Result<()> {
         }
     };
     tokio::select! {
-        _ = controller::run(sandbox_controller, ctx, stopped()) => {
-            info!("controller stopped");
+        _ = futures::future::join(controller::run(sandbox_controller, ctx, stopped()), pools) => {
+            info!("controllers stopped");
         }
         _ = lost_leadership => {
             error!("lost leadership: exiting so that only one replica reconciles");

@@ -24,8 +24,23 @@ pub struct PhaseLabels {
     pub phase: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabels {
+    /// warm or cold.
+    pub start: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub namespace: String,
+    pub pool: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    claim_latency: Family<ClaimLabels, Histogram>,
+    pool_pods: Family<PoolLabels, Gauge>,
+    pool_ready_pods: Family<PoolLabels, Gauge>,
     reconciles: Counter,
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Histogram,
@@ -59,8 +74,31 @@ impl Default for Metrics {
             "Resident memory of the operator process",
             resident_memory.clone(),
         );
+        let claim_latency = Family::<ClaimLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        registry.register(
+            "claim_latency_seconds",
+            "Time from a templated AgentSandbox's creation to Ready, by start (warm: a pool pod; cold: a new pod)",
+            claim_latency.clone(),
+        );
+        let pool_pods = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "pool_pods",
+            "Unclaimed pods of the current template, by pool",
+            pool_pods.clone(),
+        );
+        let pool_ready_pods = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "pool_ready_pods",
+            "Unclaimed ready pods (claimable now), by pool",
+            pool_ready_pods.clone(),
+        );
         Metrics {
             registry,
+            claim_latency,
+            pool_pods,
+            pool_ready_pods,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -81,6 +119,24 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// A templated sandbox became Ready `took` after its creation.
+    pub fn observe_claim(&self, warm: bool, took: Duration) {
+        self.claim_latency
+            .get_or_create(&ClaimLabels {
+                start: if warm { "warm" } else { "cold" },
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn observe_pool(&self, namespace: &str, pool: &str, pods: i64, ready: i64) {
+        let labels = PoolLabels {
+            namespace: namespace.to_string(),
+            pool: pool.to_string(),
+        };
+        self.pool_pods.get_or_create(&labels).set(pods);
+        self.pool_ready_pods.get_or_create(&labels).set(ready);
     }
 
     /// Recounts sandboxes by phase (sandboxes with no status yet count as Pending).

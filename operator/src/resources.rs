@@ -39,7 +39,7 @@ pub use agentsandbox_contract::annotations::POD_SPEC_HASH as ANNOTATION_POD_HASH
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "agentsandbox-operator";
 
-pub const CONTAINER_NAME: &str = "agent";
+pub const CONTAINER_NAME: &str = agentsandbox_contract::handoff::AGENT_CONTAINER;
 const TMP_VOLUME: &str = "tmp";
 const WORKSPACE_VOLUME: &str = "workspace";
 
@@ -55,6 +55,10 @@ pub struct OperatorSettings {
     pub dns_pod_labels: BTreeMap<String, String>,
     /// Size limit of the writable /tmp.
     pub tmp_size: String,
+    /// Where the node agents run and how their pods are labelled (warm pool handoffs go to
+    /// the agent on the pod's node).
+    pub node_agent_namespace: String,
+    pub node_agent_selector: String,
 }
 
 impl Default for OperatorSettings {
@@ -65,6 +69,8 @@ impl Default for OperatorSettings {
             dns_namespace: "kube-system".to_string(),
             dns_pod_labels: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
             tmp_size: "1Gi".to_string(),
+            node_agent_namespace: "agentsandbox-system".to_string(),
+            node_agent_selector: "app.kubernetes.io/component=node".to_string(),
         }
     }
 }
@@ -121,8 +127,13 @@ pub fn sandbox_capabilities(
         .collect()
 }
 
+/// The sandbox's pod: named after it, or the warm pool pod it took.
 pub fn pod_name(sandbox: &AgentSandbox) -> String {
-    sandbox.name_any()
+    sandbox
+        .annotations()
+        .get(crate::template::ANNOTATION_WARM_POD)
+        .cloned()
+        .unwrap_or_else(|| sandbox.name_any())
 }
 
 pub fn service_name(sandbox: &AgentSandbox) -> String {
@@ -234,6 +245,7 @@ pub fn runtime_pod_policy(sandbox: &AgentSandbox) -> PodPolicy {
         seccomp: sandbox.spec.isolation.seccomp_profile,
         on_escape: sandbox.spec.security.on_escape_attempt,
         egress: runtime_egress_policy(sandbox),
+        warm: false,
     }
 }
 

@@ -7,7 +7,9 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::api::{AgentSandbox, AgentSandboxStatus, OperatingMode, Phase, ResponseTaken};
+use crate::api::{
+    AgentSandbox, AgentSandboxStatus, ClaimStatus, OperatingMode, Phase, ResponseTaken,
+};
 use crate::resources::{service_fqdn, OperatorSettings};
 
 pub const READY: &str = "Ready";
@@ -89,6 +91,10 @@ pub struct Observation<'a> {
     pub ending: Ending,
     pub settings: &'a OperatorSettings,
     pub now: Time,
+    /// How a templated sandbox started (None: not from a template).
+    pub claim: Option<ClaimStatus>,
+    /// It runs in a warm pod that has not taken its inputs yet.
+    pub handoff_pending: bool,
 }
 
 struct ConditionSpec {
@@ -227,6 +233,20 @@ pub fn observe(obs: &Observation) -> AgentSandboxStatus {
                 Phase::Failed,
                 condition(READY, false, "AgentFailed", exit_message(pod)),
             ),
+            (Some(_), "Running") if pod_ready && handoff_pending(obs) => (
+                Phase::Running,
+                condition(
+                    READY,
+                    false,
+                    "HandingOff",
+                    obs.claim
+                        .as_ref()
+                        .and_then(|c| c.message.clone())
+                        .unwrap_or_else(|| {
+                            "the warm pod is taking the sandbox's env, args and egress".into()
+                        }),
+                ),
+            ),
             (Some(_), "Running") if pod_ready => (
                 Phase::Running,
                 condition(
@@ -315,6 +335,33 @@ pub fn observe(obs: &Observation) -> AgentSandboxStatus {
         start_time: pod_status.and_then(|s| s.start_time.clone()),
         security: None,
         activity: None,
+        claim: obs.claim.clone(),
+    }
+}
+
+/// A warm pod bound to the sandbox whose agent has not started yet.
+fn handoff_pending(obs: &Observation) -> bool {
+    obs.handoff_pending
+}
+
+/// The status of a templated sandbox whose template does not exist.
+pub fn template_not_found(
+    sandbox: &AgentSandbox,
+    message: String,
+    now: Time,
+) -> AgentSandboxStatus {
+    let previous = sandbox.status.as_ref().and_then(|s| s.conditions.as_ref());
+    let ready = to_condition(
+        condition(READY, false, "TemplateNotFound", message),
+        previous,
+        sandbox.metadata.generation,
+        &now,
+    );
+    AgentSandboxStatus {
+        phase: Some(Phase::Pending),
+        conditions: Some(vec![ready]),
+        observed_generation: sandbox.metadata.generation,
+        ..AgentSandboxStatus::default()
     }
 }
 

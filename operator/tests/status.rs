@@ -44,6 +44,8 @@ fn observation<'a>(
         ending: Ending::None,
         settings,
         now,
+        claim: None,
+        handoff_pending: false,
     }
 }
 

@@ -264,6 +264,16 @@ fn socket(addr: &SocketAddr, stream: bool, mark: bool) -> std::io::Result<OwnedF
 /// The resolver of one pod; its tasks stop when it is dropped.
 pub struct Resolver {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Resolver {
+    /// Answers by `policy` from now on (a warm pod taking its claim's policy; the sets keep
+    /// nothing of the warm policy, which opened nothing).
+    pub fn set_policy(&self, policy: EgressPolicy, container: String) {
+        *self.shared.policy.write().expect("resolver policy") = policy;
+        *self.shared.container.write().expect("resolver container") = container;
+    }
 }
 
 impl Drop for Resolver {
@@ -279,10 +289,10 @@ struct Shared {
     /// nf_tables netlink, in the pod's network namespace: where answers open addresses.
     nft: std::sync::Mutex<NftSocket>,
     upstream: SocketAddr,
-    policy: EgressPolicy,
+    policy: std::sync::RwLock<EgressPolicy>,
     search: Vec<String>,
     telemetry: Option<Arc<Telemetry>>,
-    container: String,
+    container: std::sync::RwLock<String>,
     refused: std::sync::atomic::AtomicU64,
     in_flight: tokio::sync::Semaphore,
 }
@@ -331,10 +341,10 @@ impl Resolver {
             netns: netns_file,
             nft: std::sync::Mutex::new(nft),
             upstream: SocketAddr::new(upstream, 53),
-            policy,
+            policy: std::sync::RwLock::new(policy),
             search,
             telemetry,
-            container,
+            container: std::sync::RwLock::new(container),
             refused: Default::default(),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         });
@@ -345,7 +355,7 @@ impl Resolver {
             tasks.push(tokio::spawn(serve_udp(shared.clone(), udp)));
             tasks.push(tokio::spawn(serve_tcp(shared.clone(), tcp)));
         }
-        Ok(Resolver { tasks })
+        Ok(Resolver { tasks, shared })
     }
 }
 
@@ -392,7 +402,14 @@ async fn serve_tcp(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
 /// The reply to one query (None: not a query; dropped).
 async fn answer(shared: Arc<Shared>, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
     let question = parse_query(query)?;
-    match decide(&shared.policy, &shared.search, &question.name) {
+    let (verdict, ttl_bounds) = {
+        let policy = shared.policy.read().expect("resolver policy");
+        (
+            decide(&policy, &shared.search, &question.name),
+            policy.host_ttl,
+        )
+    };
+    match verdict {
         Verdict::Refuse { report } => {
             if report {
                 report_refusal(&shared, &question);
@@ -414,9 +431,7 @@ async fn answer(shared: Arc<Shared>, query: &[u8], tcp: bool) -> Option<Vec<u8>>
                 let ports = if any { vec![] } else { ports };
                 let opened: Vec<TimedElement> = answer_addresses(&reply)
                     .into_iter()
-                    .flat_map(|(addr, ttl)| {
-                        elements(addr, &ports, shared.policy.host_ttl.clamp(ttl))
-                    })
+                    .flat_map(|(addr, ttl)| elements(addr, &ports, ttl_bounds.clamp(ttl)))
                     .collect();
                 if !opened.is_empty() {
                     let nft = shared.clone();
@@ -490,7 +505,7 @@ fn report_refusal(shared: &Shared, question: &Question) {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as i64)
                 .unwrap_or_default(),
-            container: shared.container.clone(),
+            container: shared.container.read().expect("resolver container").clone(),
             pid: 0,
             syscall: "dns".to_string(),
             syscall_nr: -1,

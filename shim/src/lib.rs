@@ -14,6 +14,7 @@ pub mod console;
 pub mod container;
 pub mod dns;
 pub mod egress;
+pub mod handoff;
 pub mod idmap;
 pub mod info;
 pub mod launcher;

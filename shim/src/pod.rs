@@ -76,6 +76,8 @@ pub struct Pod {
     pub netns: Option<PathBuf>,
     /// Kill or Quarantine, once carried out after an escape attempt.
     pub response_applied: Option<ResponseTaken>,
+    /// A warm pool member's handoff state (its agent waits for a claim).
+    pub warm: Option<crate::handoff::WarmMember>,
 }
 
 impl Pod {
@@ -84,5 +86,6 @@ impl Pod {
         self.resources = None;
         self.egress_installed = false;
         self.resolver = None;
+        self.warm = None;
     }
 }

@@ -26,7 +26,7 @@ use crate::telemetry::Telemetry;
 mod create;
 mod start;
 
-pub use create::read_bundle_spec;
+pub use create::{private_dir, read_bundle_spec};
 pub use start::release_init;
 
 /// Where the shim keeps its state (root-only).

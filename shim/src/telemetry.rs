@@ -196,6 +196,14 @@ impl Telemetry {
         self.changed.notify_one();
     }
 
+    /// The sandbox that claimed this (warm) pod, for the reports from now on.
+    pub fn set_sandbox_uid(&self, sandbox_uid: &str) {
+        if let Some(pod) = self.pod.lock().expect("lock").as_mut() {
+            pod.sandbox_uid = sandbox_uid.to_string();
+        }
+        self.changed.notify_one();
+    }
+
     pub fn record(&self, attempt: EscapeAttempt) -> u64 {
         let seq = self.buffer.lock().expect("lock").record(attempt);
         self.changed.notify_one();

@@ -124,7 +124,7 @@ impl TaskService {
 
     /// Starts the pod's resolver (before its first application container exists) when its
     /// egress table redirects DNS to it.
-    fn start_resolver(
+    pub(crate) fn start_resolver(
         &self,
         pod: &crate::pod::Pod,
         policy: &agentsandbox_contract::EgressPolicy,
@@ -182,12 +182,25 @@ impl TaskService {
             )));
         }
         let pod_policy = self.learn_pod(&spec, &annotations, is_sandbox).await?;
+        let container_name = annotations
+            .get(cri::CONTAINER_NAME)
+            .map(String::as_str)
+            .unwrap_or_default();
+        let warm = pod_policy.warm
+            && !is_sandbox
+            && container_name == agentsandbox_contract::handoff::AGENT_CONTAINER;
+        let waiter = match warm {
+            true => Some(crate::handoff::waiter_on_node()?),
+            false => None,
+        };
+        let mut pod_resolv_conf = String::new();
         let (egress, user_namespace, claimed) = {
             let mut state = self.state.lock().await;
             let egress = if is_sandbox || state.pod.egress_installed {
                 None
             } else {
                 let (rules, resolv_conf) = Self::egress_rules(&spec, &pod_policy.egress)?;
+                pod_resolv_conf = resolv_conf.clone();
                 if rules.resolver && state.pod.resolver.is_none() {
                     let container = annotations
                         .get(cri::CONTAINER_NAME)
@@ -236,6 +249,9 @@ impl TaskService {
             .map(|n| n.path.to_string_lossy().into_owned());
         let hardened = policy::apply_hardening(&mut spec, &settings)
             .map_err(|e| TaskError::FailedPrecondition(e.to_string()));
+        if let (Ok(()), Some(waiter)) = (&hardened, &waiter) {
+            crate::handoff::run_waiter(&mut spec, waiter);
+        }
         let installing_egress = egress.is_some();
         let result = match hardened {
             Ok(()) => {
@@ -247,15 +263,40 @@ impl TaskService {
                     range,
                     claimed.is_some(),
                     is_sandbox || !annotations.contains_key(cri::SANDBOX_ID),
+                    waiter.as_deref(),
                 )
                 .await
             }
             Err(err) => Err(err),
         };
         match result {
-            Ok(pid) => {
+            Ok((pid, warm_stdin)) => {
+                let mut state = self.state.lock().await;
                 if let Some(resources) = claimed {
-                    self.state.lock().await.pod.resources = Some(resources);
+                    state.pod.resources = Some(resources);
+                }
+                if let Some(writer) = warm_stdin {
+                    let pod_uid = annotations
+                        .get(cri::SANDBOX_UID)
+                        .cloned()
+                        .unwrap_or_default();
+                    let socket = crate::handoff::socket_dir().join(format!("{pod_uid}.sock"));
+                    let listener = crate::handoff::listen(self.clone(), &socket).map_err(|e| {
+                        TaskError::Internal(format!(
+                            "the pod's handoff socket {}: {e}",
+                            socket.display()
+                        ))
+                    })?;
+                    state.pod.warm = Some(crate::handoff::WarmMember {
+                        pod_uid,
+                        writer: Some(writer),
+                        taken: false,
+                        resolv_conf: pod_resolv_conf,
+                        container: container_name.to_string(),
+                        socket,
+                        listener: Some(listener),
+                    });
+                    tracing::info!(container = %req.id, "warm pool member: the agent waits for its claim");
                 }
                 Ok(pid)
             }
@@ -278,7 +319,8 @@ impl TaskService {
         range: crate::idmap::IdRange,
         pin_user_namespace: bool,
         is_sandbox: bool,
-    ) -> TaskResult<i32> {
+        waiter: Option<&Path>,
+    ) -> TaskResult<(i32, Option<std::fs::File>)> {
         let joins = policy::take_namespace_joins(&mut spec);
         // Everything the container's (unprivileged) root must reach lives below its state
         // directory, whose parents it may traverse but not list.
@@ -290,7 +332,25 @@ impl TaskService {
         let rootfs_target = state_dir.join("rootfs");
         create_traversable_dir(&self.state_root, &rootfs_target).map_err(internal)?;
         spec["root"]["path"] = Value::String(rootfs_target.to_string_lossy().into_owned());
-        let binds = mounts::stage_binds(&mut spec, &state_dir.join("mounts"));
+        let mut binds = mounts::stage_binds(&mut spec, &state_dir.join("mounts"));
+        let mut launch_stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+        };
+        let warm_stdin = match waiter {
+            Some(waiter) => {
+                let waiter = waiter.to_string_lossy();
+                for bind in binds.iter_mut().filter(|b| b.source == waiter) {
+                    bind.idmap = false;
+                }
+                let fifo = state_dir.join("handoff.fifo");
+                let writer = crate::handoff::open_stdin_fifo(&fifo).map_err(internal)?;
+                launch_stdio.stdin = fifo.to_string_lossy().into_owned();
+                Some(writer)
+            }
+            None => None,
+        };
         let cgroup =
             ContainerCgroup::new(spec["linux"]["cgroupsPath"].as_str().unwrap_or_default());
         // The hardened spec holds the pod's environment (secrets included): root only.
@@ -340,7 +400,7 @@ impl TaskService {
                 .then(|| (user_namespace.to_path_buf(), (range.host_start, range.size))),
             root: self.libcontainer_root(),
             bundle: my_bundle,
-            stdio: stdio.clone(),
+            stdio: launch_stdio,
             joins,
             rootfs,
             rootfs_target,
@@ -377,6 +437,6 @@ impl TaskService {
         self.register_running(&req.id, "", pid, terminal).await;
         tracing::info!(container = %req.id, pid, sandbox = is_sandbox, "container created");
         self.watch_oom(&req.id, &cgroup);
-        Ok(pid)
+        Ok((pid, warm_stdin))
     }
 }

@@ -10,6 +10,8 @@
 //! - escape attempts: attempt -> status.security latency (p50/p99; the time the attack
 //!   program made attempt k vs the time a watch saw the count reach k), and the cost of one
 //!   notified (denied + reported) syscall vs an errno-only deny, in the sandbox and under runc;
+//! - warm pools: create -> Ready of a bare Pod, a cold AgentSandbox and a warm claim (timed
+//!   by a watch), and a burst of concurrent claims;
 //! - an escape flood (512 threads x 60 s): shim RSS before/max/after, the exact count on the
 //!   status, the rate of status writes, attempts per second vs runc.
 
@@ -613,11 +615,12 @@ async fn flood_bench(cluster: &Cluster) {
 }
 
 mod dns;
+mod pools;
 
 #[tokio::main]
 async fn main() {
     let sections = std::env::var("BENCH_SECTIONS")
-        .unwrap_or_else(|_| "runtime,escapes,flood,dns,cluster".into());
+        .unwrap_or_else(|_| "runtime,escapes,flood,dns,pools,cluster".into());
     if sections.contains("runtime") {
         runtime_bench(env_usize("BENCH_RUNTIME_N", 20));
         println!();
@@ -635,6 +638,15 @@ async fn main() {
             &Cluster::connect().await,
             env_usize("BENCH_DNS_SANDBOXES", 100),
             10,
+        )
+        .await;
+        println!();
+    }
+    if sections.contains("pools") {
+        pools::pools_bench(
+            &Cluster::connect().await,
+            env_usize("BENCH_CLAIMS", 20),
+            env_usize("BENCH_BURST", 50),
         )
         .await;
         println!();

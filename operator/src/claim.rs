@@ -1,0 +1,463 @@
+//! Starting a sandbox from its template (`spec.templateRef`): record the template, take a
+//! ready pool pod if one fits (else start cold and say why), and hand the sandbox's inputs
+//! to the pod it took.
+//!
+//! Taking a pod is one patch with the pod's `resourceVersion` as precondition: its pool
+//! label goes, the sandbox's labels come and the sandbox becomes its controller owner. Two
+//! claims racing for one pod: one patch wins, the other gets 409 and tries the next pod.
+//! The pool sees the pod leave and starts another.
+
+use std::collections::BTreeMap;
+
+use agentsandbox_contract::handoff::{Handoff, WarmStart};
+use agentsandbox_contract::PodIdentity;
+use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Pod, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::info;
+
+use crate::api::{AgentSandbox, AgentSandboxPool, AgentSandboxTemplate, ClaimStart, OperatingMode};
+use crate::controller::{Context, Error, FIELD_MANAGER};
+use crate::handoff::{unix_now, HandoffError, VALIDITY};
+use crate::pool::is_ready;
+use crate::resources::{
+    desired_pod, runtime_egress_policy, ANNOTATION_POD_HASH, LABEL_NAME, LABEL_UID,
+};
+use crate::template::{
+    self, effective_sandbox, record, template_hash, warm_args, ColdReason, LABEL_POOL,
+    LABEL_TEMPLATE_HASH,
+};
+
+/// What starting from the template came to.
+pub enum Started {
+    /// The sandbox as stored now, with its template recorded.
+    Recorded(Box<AgentSandbox>),
+    /// The template does not exist (yet).
+    TemplateNotFound(String),
+}
+
+/// Records the template on a templated sandbox that has none recorded yet, taking a warm pod
+/// when one fits.
+pub async fn start(sandbox: &AgentSandbox, ctx: &Context) -> Result<Started, Error> {
+    let namespace = sandbox.namespace().ok_or(Error::NoNamespace)?;
+    let client = &ctx.client;
+    let template_name = sandbox
+        .spec
+        .template_ref
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
+    let templates: Api<AgentSandboxTemplate> = Api::namespaced(client.clone(), &namespace);
+    let Some(template) = templates.get_opt(&template_name).await? else {
+        return Ok(Started::TemplateNotFound(template_name));
+    };
+    let template_spec = &template.spec.sandbox;
+    let (pool, cold) = match choose_pool(sandbox, ctx, &namespace, &template_name).await? {
+        Err(cold) => (None, Some(cold)),
+        Ok(pool) => match warm_blocker(sandbox, template_spec) {
+            Some(cold) => (Some(pool), Some(cold)),
+            None => (Some(pool), None),
+        },
+    };
+    let pool_name = pool.as_ref().map(|p| p.name_any());
+    let mut taken = None;
+    let mut cold = cold;
+    if let (Some(pool), None) = (&pool, &cold) {
+        taken = take_pod(sandbox, ctx, &namespace, pool, template_spec).await?;
+        if taken.is_none() {
+            cold = Some(ColdReason::new(
+                "PoolEmpty",
+                format!(
+                    "pool {} had no ready pod of the current template: started cold",
+                    pool.name_any()
+                ),
+            ));
+        } else if let Some(refill) = &ctx.pool_refill {
+            let _ = refill.send(ObjectRef::from_obj(pool));
+        }
+    }
+    let start = if taken.is_some() {
+        ClaimStart::Warm
+    } else {
+        ClaimStart::Cold
+    };
+    let annotations = record(
+        template_spec,
+        &template_name,
+        start,
+        pool_name.as_deref(),
+        cold.as_ref(),
+        taken.as_deref(),
+    );
+    let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), &namespace);
+    let patch = json!({"metadata": {"annotations": annotations}});
+    let stored = sandboxes
+        .patch(
+            &sandbox.name_any(),
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    match (&taken, &cold) {
+        (Some(pod), _) => {
+            info!(sandbox = %sandbox.name_any(), %namespace, pod, pool = ?pool_name, "took a warm pod");
+            ctx.event_for(
+                &stored,
+                "ClaimedWarm",
+                "Claim",
+                format!(
+                    "took ready pod {pod} of pool {}",
+                    pool_name.unwrap_or_default()
+                ),
+            )
+            .await;
+        }
+        (None, Some(cold)) => {
+            info!(sandbox = %sandbox.name_any(), %namespace, reason = cold.reason, "starting cold from the template");
+            ctx.event_for(
+                &stored,
+                "StartedCold",
+                "Claim",
+                format!("{}: {}", cold.reason, cold.message),
+            )
+            .await;
+        }
+        (None, None) => {}
+    }
+    Ok(Started::Recorded(Box::new(stored)))
+}
+
+/// The pool to take a pod from: `spec.poolRef`, else the namespace's pool of the template.
+async fn choose_pool(
+    sandbox: &AgentSandbox,
+    ctx: &Context,
+    namespace: &str,
+    template_name: &str,
+) -> Result<Result<AgentSandboxPool, ColdReason>, Error> {
+    if sandbox.spec.operating_mode == OperatingMode::Suspended {
+        return Ok(Err(ColdReason::new(
+            "Suspended",
+            "created Suspended: no pod until it runs",
+        )));
+    }
+    let pools: Api<AgentSandboxPool> = Api::namespaced(ctx.client.clone(), namespace);
+    let pool = match &sandbox.spec.pool_ref {
+        Some(pool_ref) => pools.get_opt(&pool_ref.name).await?,
+        None => pools
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|p| p.spec.template_ref.name == template_name),
+    };
+    Ok(match pool {
+        Some(pool) if pool.spec.template_ref.name == template_name => Ok(pool),
+        Some(pool) => Err(ColdReason::new(
+            "PoolOfAnotherTemplate",
+            format!(
+                "pool {} keeps pods of template {}, not {template_name}",
+                pool.name_any(),
+                pool.spec.template_ref.name
+            ),
+        )),
+        None => Err(ColdReason::new(
+            "NoPool",
+            match &sandbox.spec.pool_ref {
+                Some(r) => format!("pool {} does not exist", r.name),
+                None => format!("no pool of template {template_name} in this namespace"),
+            },
+        )),
+    })
+}
+
+/// Why the sandbox cannot take a warm pod even from a full pool.
+fn warm_blocker(
+    sandbox: &AgentSandbox,
+    template: &crate::api::AgentSandboxSpec,
+) -> Option<ColdReason> {
+    if template.workspace.is_some() {
+        return Some(ColdReason::new(
+            "TemplateHasWorkspace",
+            "the template has a workspace, which pools do not keep",
+        ));
+    }
+    if let Err(cold) = warm_args(template, &sandbox.spec) {
+        return Some(cold);
+    }
+    let unwarmable = sandbox.spec.env.iter().flatten().find(|e| {
+        e.value_from.as_ref().is_some_and(|from| {
+            from.resource_field_ref.is_some()
+                || from
+                    .field_ref
+                    .as_ref()
+                    .is_some_and(|f| !FIELD_REFS.contains(&f.field_path.as_str()))
+        })
+    });
+    unwarmable.map(|e| {
+        ColdReason::new(
+            "EnvNotWarmable",
+            format!(
+                "env {} uses a resourceFieldRef or a fieldRef other than {}: only a new pod can resolve it",
+                e.name,
+                FIELD_REFS.join(", ")
+            ),
+        )
+    })
+}
+
+/// Downward API fields a handoff fills in.
+const FIELD_REFS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "status.podIP",
+];
+
+/// Binds a ready pod of `pool` (current template) to the sandbox; its name, or None when
+/// none could be taken. A pod already bound to the sandbox (a reconcile that stopped before
+/// recording it) is taken again.
+async fn take_pod(
+    sandbox: &AgentSandbox,
+    ctx: &Context,
+    namespace: &str,
+    pool: &AgentSandboxPool,
+    template: &crate::api::AgentSandboxSpec,
+) -> Result<Option<String>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let uid = sandbox.uid().unwrap_or_default();
+    let bound = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_UID}={uid},{LABEL_TEMPLATE_HASH}")))
+        .await?;
+    if let Some(pod) = bound
+        .items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        return Ok(Some(pod.name_any()));
+    }
+    let hash = template_hash(template);
+    let mut candidates: Vec<Pod> = pods
+        .list(&ListParams::default().labels(&format!(
+            "{LABEL_POOL}={},{LABEL_TEMPLATE_HASH}={hash}",
+            pool.name_any()
+        )))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| {
+            // Only the operator can have made a pod with the warm annotation (the admission
+            // policy refuses agentsandbox.io/ annotations from anyone else): a look-alike pod
+            // with the pool's labels and owner is never handed a claim's secrets.
+            p.metadata.deletion_timestamp.is_none()
+                && is_ready(p)
+                && p.annotations()
+                    .get(agentsandbox_contract::handoff::WARM_ANNOTATION)
+                    .map(String::as_str)
+                    == Some("true")
+                && p.owner_references()
+                    .iter()
+                    .any(|o| o.controller == Some(true) && Some(&o.uid) == pool.uid().as_ref())
+        })
+        .collect();
+    // Oldest first: a pod that waited longest has certainly finished starting.
+    candidates.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let security = crate::controller::namespace_security_of(template, ctx, namespace).await?;
+    for pod in candidates.iter().take(5) {
+        let name = pod.name_any();
+        let mut as_bound = sandbox.clone();
+        as_bound.annotations_mut().extend(record(
+            template,
+            "",
+            ClaimStart::Warm,
+            None,
+            None,
+            Some(&name),
+        ));
+        let hash = desired_pod(&effective_sandbox(&as_bound), &ctx.settings, security)
+            .annotations()
+            .get(ANNOTATION_POD_HASH)
+            .cloned()
+            .unwrap_or_default();
+        let owner = sandbox
+            .controller_owner_ref(&())
+            .expect("a stored sandbox has a name and UID");
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": pod.resource_version(),
+                "labels": {
+                    LABEL_POOL: null,
+                    LABEL_NAME: sandbox.name_any(),
+                    LABEL_UID: uid,
+                },
+                "annotations": { ANNOTATION_POD_HASH: hash },
+                "ownerReferences": [owner],
+            }
+        });
+        match pods
+            .patch(
+                &name,
+                &PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(Some(name)),
+            // Another claim took it first, or it is going away.
+            Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
+/// Hands the sandbox's env, args, egress and escape response to the warm pod it took.
+pub async fn hand_off(
+    sandbox: &AgentSandbox,
+    pod: &Pod,
+    ctx: &Context,
+) -> Result<(), HandoffError> {
+    let client = ctx.handoff.as_ref().ok_or_else(|| {
+        HandoffError::Refused("the operator has no handoff key (AGENTSANDBOX_HANDOFF_KEY)".into())
+    })?;
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    let agent_ip = node_agent_ip(ctx, &node).await?;
+    let namespace = sandbox.namespace().unwrap_or_default();
+    let template = template::recorded_template(sandbox).unwrap_or_default();
+    let effective = effective_sandbox(sandbox);
+    let env = resolve_env(
+        sandbox.spec.env.as_deref().unwrap_or_default(),
+        pod,
+        ctx,
+        &namespace,
+    )
+    .await?;
+    let handoff = Handoff {
+        pod_uid: pod.uid().unwrap_or_default(),
+        expires: unix_now() + VALIDITY.as_secs() as i64,
+        identity: PodIdentity {
+            sandbox_name: sandbox.name_any(),
+            sandbox_namespace: namespace,
+            sandbox_uid: sandbox.uid().unwrap_or_default(),
+        },
+        on_escape: effective.spec.security.on_escape_attempt,
+        egress: runtime_egress_policy(&effective),
+        start: WarmStart {
+            args: warm_args(&template, &sandbox.spec)
+                .map_err(|c| HandoffError::Refused(c.message))?,
+            env,
+        },
+    };
+    client.deliver(&agent_ip, &handoff).await.map(|_| ())
+}
+
+async fn node_agent_ip(ctx: &Context, node: &str) -> Result<String, HandoffError> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.node_agent_namespace);
+    let agents = pods
+        .list(
+            &ListParams::default()
+                .labels(&ctx.settings.node_agent_selector)
+                .fields(&format!("spec.nodeName={node}")),
+        )
+        .await
+        .map_err(|e| HandoffError::Transport(e.to_string()))?;
+    agents
+        .items
+        .into_iter()
+        .filter(is_ready)
+        .find_map(|p| p.status?.pod_ip)
+        .ok_or_else(|| HandoffError::NoNodeAgent(node.to_string()))
+}
+
+/// The sandbox's own env entries as values (secrets and config maps read now; the pod's
+/// downward API fields filled in). Never logged.
+async fn resolve_env(
+    env: &[EnvVar],
+    pod: &Pod,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Vec<(String, String)>, HandoffError> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut secret_cache: BTreeMap<String, Option<Secret>> = BTreeMap::new();
+    let mut resolved = Vec::new();
+    for entry in env {
+        let Some(from) = &entry.value_from else {
+            resolved.push((entry.name.clone(), entry.value.clone().unwrap_or_default()));
+            continue;
+        };
+        let value = if let Some(key) = &from.secret_key_ref {
+            if !secret_cache.contains_key(&key.name) {
+                let secret = secrets
+                    .get_opt(&key.name)
+                    .await
+                    .map_err(|e| HandoffError::Transport(e.to_string()))?;
+                secret_cache.insert(key.name.clone(), secret);
+            }
+            secret_cache[&key.name]
+                .as_ref()
+                .and_then(|s| s.data.as_ref()?.get(&key.key))
+                .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
+                .ok_or((
+                    key.optional == Some(true),
+                    format!("secret {} has no key {}", key.name, key.key),
+                ))
+        } else if let Some(key) = &from.config_map_key_ref {
+            let map = config_maps
+                .get_opt(&key.name)
+                .await
+                .map_err(|e| HandoffError::Transport(e.to_string()))?;
+            map.and_then(|m| m.data?.get(&key.key).cloned()).ok_or((
+                key.optional == Some(true),
+                format!("config map {} has no key {}", key.name, key.key),
+            ))
+        } else if let Some(field) = &from.field_ref {
+            let status = pod.status.as_ref();
+            Ok(match field.field_path.as_str() {
+                "metadata.name" => pod.name_any(),
+                "metadata.namespace" => namespace.to_string(),
+                "metadata.uid" => pod.uid().unwrap_or_default(),
+                "spec.nodeName" => pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+                "status.podIP" => status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
+                other => {
+                    return Err(HandoffError::Refused(format!(
+                        "env {}: fieldRef {other} is not filled in by a handoff",
+                        entry.name
+                    )))
+                }
+            })
+        } else {
+            return Err(HandoffError::Refused(format!(
+                "env {}: this valueFrom is not filled in by a handoff",
+                entry.name
+            )));
+        };
+        match value {
+            Ok(value) => resolved.push((entry.name.clone(), value)),
+            Err((true, _)) => {}
+            Err((false, missing)) => {
+                return Err(HandoffError::Refused(format!(
+                    "env {}: {missing}",
+                    entry.name
+                )))
+            }
+        }
+    }
+    Ok(resolved)
+}
