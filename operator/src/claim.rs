@@ -11,9 +11,11 @@ use std::collections::BTreeMap;
 
 use agentsandbox_contract::handoff::{Handoff, WarmStart};
 use agentsandbox_contract::PodIdentity;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::info;
@@ -29,6 +31,69 @@ use crate::template::{
     self, effective_sandbox, record, template_hash, warm_args, ColdReason, LABEL_POOL,
     LABEL_TEMPLATE_HASH,
 };
+
+/// Watched copies of templates, pools, pool pods and node agents: a claim reads them
+/// without a round trip to the API server. A copy can lag a watch event behind: a pod
+/// another claim just took fails the bind's resourceVersion precondition and the next one is
+/// tried, and an object not in the copy yet is read from the API server.
+#[derive(Clone)]
+pub struct Caches {
+    pub templates: Store<AgentSandboxTemplate>,
+    pub pools: Store<AgentSandboxPool>,
+    pub pool_pods: Store<Pod>,
+    pub node_agents: Store<Pod>,
+}
+
+impl Caches {
+    /// Starts the watches (they run until the process ends); ready once each listed once.
+    pub async fn start(
+        client: &kube::Client,
+        pools: Store<AgentSandboxPool>,
+        settings: &crate::resources::OperatorSettings,
+    ) -> Caches {
+        fn cached<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+        where
+            K: kube::Resource
+                + Clone
+                + std::fmt::Debug
+                + serde::de::DeserializeOwned
+                + Send
+                + Sync
+                + 'static,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            let (reader, writer) = kube::runtime::reflector::store();
+            let stream = kube::runtime::reflector(writer, watcher(api, config))
+                .default_backoff()
+                .touched_objects()
+                .for_each(|_| futures::future::ready(()));
+            tokio::spawn(stream);
+            reader
+        }
+        let caches = Caches {
+            templates: cached(Api::all(client.clone()), watcher::Config::default()),
+            pools,
+            pool_pods: cached(
+                Api::all(client.clone()),
+                watcher::Config::default().labels(LABEL_POOL),
+            ),
+            node_agents: cached(
+                Api::namespaced(client.clone(), &settings.node_agent_namespace),
+                watcher::Config::default().labels(&settings.node_agent_selector),
+            ),
+        };
+        for ready in [
+            caches.templates.wait_until_ready().await.is_ok(),
+            caches.pool_pods.wait_until_ready().await.is_ok(),
+            caches.node_agents.wait_until_ready().await.is_ok(),
+        ] {
+            if !ready {
+                tracing::warn!("a claim cache did not start: claims read from the API server");
+            }
+        }
+        caches
+    }
+}
 
 /// What starting from the template came to.
 pub enum Started {
@@ -49,9 +114,20 @@ pub async fn start(sandbox: &AgentSandbox, ctx: &Context) -> Result<Started, Err
         .as_ref()
         .map(|r| r.name.clone())
         .unwrap_or_default();
-    let templates: Api<AgentSandboxTemplate> = Api::namespaced(client.clone(), &namespace);
-    let Some(template) = templates.get_opt(&template_name).await? else {
-        return Ok(Started::TemplateNotFound(template_name));
+    let cached = ctx.caches.as_ref().and_then(|c| {
+        c.templates
+            .get(&ObjectRef::new(&template_name).within(&namespace))
+            .map(|t| (*t).clone())
+    });
+    let template = match cached {
+        Some(template) => template,
+        None => {
+            let templates: Api<AgentSandboxTemplate> = Api::namespaced(client.clone(), &namespace);
+            match templates.get_opt(&template_name).await? {
+                Some(template) => template,
+                None => return Ok(Started::TemplateNotFound(template_name)),
+            }
+        }
     };
     let template_spec = &template.spec.sandbox;
     let (pool, cold) = match choose_pool(sandbox, ctx, &namespace, &template_name).await? {
@@ -146,9 +222,27 @@ async fn choose_pool(
         )));
     }
     let pools: Api<AgentSandboxPool> = Api::namespaced(ctx.client.clone(), namespace);
-    let pool = match &sandbox.spec.pool_ref {
-        Some(pool_ref) => pools.get_opt(&pool_ref.name).await?,
-        None => pools
+    let cached = ctx.caches.as_ref().map(|c| &c.pools);
+    let pool = match (&sandbox.spec.pool_ref, cached) {
+        (Some(pool_ref), Some(store)) => {
+            match store.get(&ObjectRef::new(&pool_ref.name).within(namespace)) {
+                Some(pool) => Some((*pool).clone()),
+                None => pools.get_opt(&pool_ref.name).await?,
+            }
+        }
+        (Some(pool_ref), None) => pools.get_opt(&pool_ref.name).await?,
+        (None, Some(store)) => match store.state().into_iter().find(|p| {
+            p.namespace().as_deref() == Some(namespace) && p.spec.template_ref.name == template_name
+        }) {
+            Some(pool) => Some((*pool).clone()),
+            None => pools
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|p| p.spec.template_ref.name == template_name),
+        },
+        (None, None) => pools
             .list(&ListParams::default())
             .await?
             .items
@@ -242,13 +336,28 @@ async fn take_pod(
         return Ok(Some(pod.name_any()));
     }
     let hash = template_hash(template);
-    let mut candidates: Vec<Pod> = pods
-        .list(&ListParams::default().labels(&format!(
-            "{LABEL_POOL}={},{LABEL_TEMPLATE_HASH}={hash}",
-            pool.name_any()
-        )))
-        .await?
-        .items
+    let pool_name = pool.name_any();
+    let listed: Vec<Pod> = match &ctx.caches {
+        Some(caches) => caches
+            .pool_pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(namespace)
+                    && p.labels().get(LABEL_POOL) == Some(&pool_name)
+                    && p.labels().get(LABEL_TEMPLATE_HASH) == Some(&hash)
+            })
+            .map(|p| (*p).clone())
+            .collect(),
+        None => {
+            pods.list(&ListParams::default().labels(&format!(
+                "{LABEL_POOL}={pool_name},{LABEL_TEMPLATE_HASH}={hash}"
+            )))
+            .await?
+            .items
+        }
+    };
+    let mut candidates: Vec<Pod> = listed
         .into_iter()
         .filter(|p| {
             // Only the operator can have made a pod with the warm annotation (the admission
@@ -364,6 +473,15 @@ pub async fn hand_off(
 }
 
 async fn node_agent_ip(ctx: &Context, node: &str) -> Result<String, HandoffError> {
+    if let Some(caches) = &ctx.caches {
+        let cached = caches.node_agents.state().into_iter().find_map(|p| {
+            let on_node = p.spec.as_ref()?.node_name.as_deref() == Some(node);
+            (on_node && is_ready(&p)).then(|| p.status.as_ref()?.pod_ip.clone())?
+        });
+        if let Some(ip) = cached {
+            return Ok(ip);
+        }
+    }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.node_agent_namespace);
     let agents = pods
         .list(

@@ -78,6 +78,8 @@ pub struct Context {
         Option<tokio::sync::mpsc::UnboundedSender<ObjectRef<crate::api::AgentSandboxPool>>>,
     /// Sends claims' handoffs to node agents (None: no key, claims start cold).
     pub handoff: Option<crate::handoff::HandoffClient>,
+    /// Watched copies of what a claim reads (None: read from the API server).
+    pub caches: Option<crate::claim::Caches>,
 }
 
 impl Context {
@@ -99,6 +101,7 @@ impl Context {
             refusals: Mutex::new(HashMap::new()),
             pool_refill: None,
             handoff: None,
+            caches: None,
         }
     }
 

@@ -228,7 +228,11 @@ async fn main() -> Result<()> {
     }
     let pool_controller = agentsandbox_operator::pool::controller(client.clone());
     let (refill_tx, refill_rx) = tokio::sync::mpsc::unbounded_channel();
+    let caches =
+        agentsandbox_operator::claim::Caches::start(&client, pool_controller.store(), &settings)
+            .await;
     let mut ctx = Context::new(client, settings, metrics, identity);
+    ctx.caches = Some(caches);
     ctx.pool_refill = Some(refill_tx);
     ctx.handoff = handoff;
     let ctx = Arc::new(ctx);

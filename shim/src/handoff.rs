@@ -230,3 +230,47 @@ impl TaskService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warm_container_runs_the_waiter_read_only_with_its_command_as_arguments() {
+        let mut spec = json!({
+            "process": {"args": ["python3", "-m", "agent"]},
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        });
+        run_waiter(&mut spec, Path::new("/usr/local/bin/agentsandbox-wait"));
+        assert_eq!(
+            spec["process"]["args"],
+            json!([WAITER_PATH, "python3", "-m", "agent"])
+        );
+        let mount = &spec["mounts"][1];
+        assert_eq!(mount["destination"], WAITER_PATH);
+        assert_eq!(mount["source"], "/usr/local/bin/agentsandbox-wait");
+        let options: Vec<&str> = mount["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap())
+            .collect();
+        assert!(options.contains(&"ro") && options.contains(&"nosuid"), "{options:?}");
+    }
+
+    #[test]
+    fn the_waiters_stdin_blocks_until_the_shim_writes_and_closes() {
+        use std::io::{Read, Write};
+        let dir = std::env::temp_dir().join(format!("asb-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("handoff.fifo");
+        let mut writer = open_stdin_fifo(&fifo).unwrap();
+        let mut reader = std::fs::File::open(&fifo).unwrap();
+        writer.write_all(b"start").unwrap();
+        drop(writer);
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"start");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -208,6 +208,21 @@ pub async fn pools_bench(cluster: &Cluster, n: usize, burst: usize) {
     );
 
     println!("\n== burst: {burst} concurrent claims against a pool of {burst} ready pods");
+    // The node takes 110 pods: make room first.
+    let delete_params = kube::api::DeleteParams::default();
+    for i in 0..n {
+        let _ = pods.delete(&format!("p{i:03}"), &delete_params).await;
+        let _ = sandboxes.delete(&format!("c{i:03}"), &delete_params).await;
+        let _ = sandboxes.delete(&format!("w{i:03}"), &delete_params).await;
+    }
+    wait_until("the sequential part's pods gone", Duration::from_secs(300), || async {
+        let left = pods.list(&Default::default()).await.ok()?.items;
+        left.iter()
+            .all(|p| p.labels().contains_key("agentsandbox.io/pool"))
+            .then_some(())
+    })
+    .await
+    .unwrap();
     cluster
         .kubectl_ok(&[
             "-n",
