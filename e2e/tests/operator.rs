@@ -386,7 +386,31 @@ async fn invalid_sandboxes_are_refused_by_the_api_server_naming_the_field() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("asb-invalid");
     let cases: &[(&str, &str, &str)] = &[
-        ("no image", "spec: {}", "spec.image: Required value"),
+        (
+            "no image",
+            "spec: {}",
+            "spec needs exactly one of image (a sandbox of its own) or templateRef",
+        ),
+        (
+            "image and templateRef",
+            "spec: {image: a:1, templateRef: {name: t}}",
+            "spec needs exactly one of image (a sandbox of its own) or templateRef",
+        ),
+        (
+            "poolRef without templateRef",
+            "spec: {image: a:1, poolRef: {name: p}}",
+            "spec.poolRef needs spec.templateRef",
+        ),
+        (
+            "a template's field on a claim",
+            "spec: {templateRef: {name: t}, workspace: {size: 1Gi}}",
+            "spec.templateRef: imagePullPolicy, workingDir, resources, podTemplate, workspace, files and network.expose come from the template",
+        ),
+        (
+            "isolation on a claim",
+            "spec: {templateRef: {name: t}, isolation: {profile: Standard}}",
+            "spec.isolation comes from the template when spec.templateRef is set",
+        ),
         ("empty image", "spec: {image: \"\"}", "spec.image"),
         (
             "image with spaces",

@@ -356,6 +356,24 @@ async fn claims_take_warm_pods_with_their_own_env_secret_and_egress_and_pools_sc
         "a cold start uses the template as it is now"
     );
 
+    // A claim cannot move to another template or pool.
+    let moved = cluster.kubectl(&[
+        "-n",
+        &ns.name,
+        "patch",
+        "agentsandbox",
+        "claim-1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"templateRef":{"name":"other"}}}"#,
+    ]);
+    let refusal = String::from_utf8_lossy(&moved.stderr);
+    assert!(
+        !moved.status.success()
+            && refusal.contains("spec.templateRef and spec.poolRef cannot change"),
+        "changing templateRef is refused: {refusal}"
+    );
+
     // Deleting a claim frees nothing of another.
     let second_uid = cluster
         .pod_field(&ns.name, &pod_of(&second), "{.metadata.uid}")

@@ -337,26 +337,66 @@ async fn take_pod(
     }
     let hash = template_hash(template);
     let pool_name = pool.name_any();
-    let listed: Vec<Pod> = match &ctx.caches {
-        Some(caches) => caches
-            .pool_pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(namespace)
-                    && p.labels().get(LABEL_POOL) == Some(&pool_name)
-                    && p.labels().get(LABEL_TEMPLATE_HASH) == Some(&hash)
-            })
-            .map(|p| (*p).clone())
-            .collect(),
-        None => {
-            pods.list(&ListParams::default().labels(&format!(
-                "{LABEL_POOL}={pool_name},{LABEL_TEMPLATE_HASH}={hash}"
-            )))
-            .await?
-            .items
+    let security = crate::controller::namespace_security_of(template, ctx, namespace).await?;
+    // The cached pods first; if none could be taken (the copy lags behind a pod another claim
+    // just took), the API server's list once.
+    for from_cache in [true, false] {
+        let listed: Vec<Pod> = match (&ctx.caches, from_cache) {
+            (Some(caches), true) => caches
+                .pool_pods
+                .state()
+                .into_iter()
+                .filter(|p| {
+                    p.namespace().as_deref() == Some(namespace)
+                        && p.labels().get(LABEL_POOL) == Some(&pool_name)
+                        && p.labels().get(LABEL_TEMPLATE_HASH) == Some(&hash)
+                })
+                .map(|p| (*p).clone())
+                .collect(),
+            (None, true) => continue,
+            (_, false) => {
+                pods.list(&ListParams::default().labels(&format!(
+                    "{LABEL_POOL}={pool_name},{LABEL_TEMPLATE_HASH}={hash}"
+                )))
+                .await?
+                .items
+            }
+        };
+        if let Some(taken) =
+            bind_first(sandbox, ctx, &pods, pool, template, security, listed).await?
+        {
+            return Ok(Some(taken));
         }
-    };
+    }
+    Ok(None)
+}
+
+/// How many pods one pass tries before giving up (each failure is a 409 from the API server).
+const MAX_BIND_ATTEMPTS: usize = 16;
+
+/// A claim's preference for a pod (FNV-1a of both names): stable per pair, spread across
+/// claims.
+fn preference(claim_uid: &str, pod: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in claim_uid.bytes().chain([0]).chain(pod.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// Binds the first of `listed` that is a ready, operator-made pod of `pool` and that no other
+/// claim took meanwhile.
+async fn bind_first(
+    sandbox: &AgentSandbox,
+    ctx: &Context,
+    pods: &Api<Pod>,
+    pool: &AgentSandboxPool,
+    template: &crate::api::AgentSandboxSpec,
+    security: crate::resources::NamespaceSecurity,
+    listed: Vec<Pod>,
+) -> Result<Option<String>, Error> {
+    let uid = sandbox.uid().unwrap_or_default();
     let mut candidates: Vec<Pod> = listed
         .into_iter()
         .filter(|p| {
@@ -374,10 +414,10 @@ async fn take_pod(
                     .any(|o| o.controller == Some(true) && Some(&o.uid) == pool.uid().as_ref())
         })
         .collect();
-    // Oldest first: a pod that waited longest has certainly finished starting.
-    candidates.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
-    let security = crate::controller::namespace_security_of(template, ctx, namespace).await?;
-    for pod in candidates.iter().take(5) {
+    // Each claim its own order (rendezvous hashing on the claim's UID and the pod's name):
+    // claims arriving together try different pods instead of all racing for the same one.
+    candidates.sort_by_key(|p| preference(&uid, &p.name_any()));
+    for pod in candidates.iter().take(MAX_BIND_ATTEMPTS) {
         let name = pod.name_any();
         let mut as_bound = sandbox.clone();
         as_bound.annotations_mut().extend(record(

@@ -255,7 +255,10 @@ mod tests {
             .iter()
             .map(|o| o.as_str().unwrap())
             .collect();
-        assert!(options.contains(&"ro") && options.contains(&"nosuid"), "{options:?}");
+        assert!(
+            options.contains(&"ro") && options.contains(&"nosuid"),
+            "{options:?}"
+        );
     }
 
     #[test]

@@ -215,12 +215,16 @@ pub async fn pools_bench(cluster: &Cluster, n: usize, burst: usize) {
         let _ = sandboxes.delete(&format!("c{i:03}"), &delete_params).await;
         let _ = sandboxes.delete(&format!("w{i:03}"), &delete_params).await;
     }
-    wait_until("the sequential part's pods gone", Duration::from_secs(300), || async {
-        let left = pods.list(&Default::default()).await.ok()?.items;
-        left.iter()
-            .all(|p| p.labels().contains_key("agentsandbox.io/pool"))
-            .then_some(())
-    })
+    wait_until(
+        "the sequential part's pods gone",
+        Duration::from_secs(300),
+        || async {
+            let left = pods.list(&Default::default()).await.ok()?.items;
+            left.iter()
+                .all(|p| p.labels().contains_key("agentsandbox.io/pool"))
+                .then_some(())
+        },
+    )
     .await
     .unwrap();
     cluster
