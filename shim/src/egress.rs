@@ -103,14 +103,19 @@ pub fn run_nft(script: &str, netns: Option<&Path>) -> anyhow::Result<()> {
         .take()
         .expect("piped")
         .write_all(script.as_bytes())?;
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        anyhow::bail!(
-            "nft refused the rules: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)?;
+    match child.wait() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(_) => anyhow::bail!("nft refused the rules: {}", stderr.trim()),
+        // In the shim, a subreaper whose reaper collects every child, the status may be gone
+        // (ECHILD): `nft -f` reports every error on stderr, so silence is success.
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) && stderr.trim().is_empty() => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+            anyhow::bail!("nft refused the rules: {}", stderr.trim())
+        }
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 /// Installs `rules` in the current network namespace, or in `netns` when given.

@@ -177,7 +177,8 @@ pub async fn pools_bench(cluster: &Cluster, n: usize, burst: usize) {
     let mut warm = Vec::new();
     let mut started_cold = 0;
     for i in 0..n {
-        wait_pool_ready(&pools, 1).await;
+        // A refilled pool (its status drops below 3 as soon as a claim took a pod).
+        wait_pool_ready(&pools, 3).await;
         let name = format!("w{i:03}");
         let claim: AgentSandbox = object(serde_json::json!({
             "apiVersion": "agentsandbox.io/v1alpha1", "kind": "AgentSandbox",
