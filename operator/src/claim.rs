@@ -13,7 +13,7 @@ use agentsandbox_contract::handoff::{Handoff, WarmStart};
 use agentsandbox_contract::PodIdentity;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Pod, Secret};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
@@ -21,7 +21,7 @@ use serde_json::json;
 use tracing::info;
 
 use crate::api::{AgentSandbox, AgentSandboxPool, AgentSandboxTemplate, ClaimStart, OperatingMode};
-use crate::controller::{Context, Error, FIELD_MANAGER};
+use crate::controller::{merge_params, Context, Error};
 use crate::handoff::{unix_now, HandoffError, VALIDITY};
 use crate::pool::is_ready;
 use crate::resources::{
@@ -170,14 +170,7 @@ pub async fn start(sandbox: &AgentSandbox, ctx: &Context) -> Result<Started, Err
     let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), &namespace);
     let patch = json!({"metadata": {"annotations": annotations}});
     let stored = sandboxes
-        .patch(
-            &sandbox.name_any(),
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(&patch),
-        )
+        .patch(&sandbox.name_any(), &merge_params(), &Patch::Merge(&patch))
         .await?;
     match (&taken, &cold) {
         (Some(pod), _) => {
@@ -377,12 +370,7 @@ const MAX_BIND_ATTEMPTS: usize = 16;
 /// A claim's preference for a pod (FNV-1a of both names): stable per pair, spread across
 /// claims.
 fn preference(claim_uid: &str, pod: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in claim_uid.bytes().chain([0]).chain(pod.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+    crate::resources::fnv1a(format!("{claim_uid}\0{pod}").as_bytes())
 }
 
 /// Binds the first of `listed` that is a ready, operator-made pod of `pool` and that no other
@@ -449,14 +437,7 @@ async fn bind_first(
             }
         });
         match pods
-            .patch(
-                &name,
-                &PatchParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..PatchParams::default()
-                },
-                &Patch::Merge(&patch),
-            )
+            .patch(&name, &merge_params(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => return Ok(Some(name)),

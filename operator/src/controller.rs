@@ -160,8 +160,17 @@ impl Context {
     }
 }
 
-fn apply_params() -> PatchParams {
+/// Server-side apply under the operator's field manager.
+pub(crate) fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// A merge patch under the operator's field manager.
+pub(crate) fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
 }
 
 /// Fails with a clear message when the AgentSandbox CRD is not installed.
@@ -371,14 +380,7 @@ async fn apply(stored: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
             info!(sandbox = %name, %namespace, ?idle, "idle timeout: suspending");
             let patch = json!({"spec": {"operatingMode": "Suspended"}});
             sandboxes
-                .patch(
-                    &name,
-                    &PatchParams {
-                        field_manager: Some(FIELD_MANAGER.into()),
-                        ..PatchParams::default()
-                    },
-                    &Patch::Merge(&patch),
-                )
+                .patch(&name, &merge_params(), &Patch::Merge(&patch))
                 .await?;
             let timeout = observed
                 .lifetime
@@ -596,14 +598,7 @@ async fn apply(stored: &AgentSandbox, ctx: &Context) -> Result<Action, Error> {
 async fn forget_warm_pod(sandboxes: &Api<AgentSandbox>, name: &str) -> Result<AgentSandbox, Error> {
     let patch = json!({"metadata": {"annotations": {ANNOTATION_WARM_POD: null}}});
     Ok(sandboxes
-        .patch(
-            name,
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(&patch),
-        )
+        .patch(name, &merge_params(), &Patch::Merge(&patch))
         .await?)
 }
 

@@ -286,7 +286,7 @@ async fn policies_applied(
     policies
         .patch(
             &pool_network_policy_name(pool),
-            &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+            &crate::controller::apply_params(),
             &Patch::Apply(desired_pool_network_policy(pool)),
         )
         .await?;
@@ -357,7 +357,7 @@ async fn write_status(
     pools
         .patch_status(
             name,
-            &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+            &crate::controller::apply_params(),
             &Patch::Apply(&patch),
         )
         .await?;

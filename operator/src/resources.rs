@@ -484,12 +484,18 @@ pub fn pod_hash(pod: &Pod) -> String {
         &hashed.spec,
     ))
     .expect("a pod serialises");
+    format!("{:016x}", fnv1a(&bytes))
+}
+
+/// FNV-1a, 64 bit: stable across builds and platforms (the operator's hashes are written
+/// into objects and compared by later versions).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in bytes {
-        hash ^= u64::from(byte);
+        hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{hash:016x}")
+    hash
 }
 
 /// The headless Service, when the sandbox exposes ports.

@@ -133,12 +133,7 @@ pub fn warm_args(
 /// A stable hash of a template's sandbox spec (the pods a pool made from it carry it).
 pub fn template_hash(spec: &AgentSandboxSpec) -> String {
     let bytes = serde_json::to_vec(spec).expect("a spec serialises");
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    format!("{:016x}", crate::resources::fnv1a(&bytes))
 }
 
 /// The template spec recorded on the sandbox, if any (and readable).
