@@ -356,6 +356,80 @@ async fn claims_take_warm_pods_with_their_own_env_secret_and_egress_and_pools_sc
         "a cold start uses the template as it is now"
     );
 
+    // Suspend and resume a claimed sandbox: its warm pod goes, it comes back in a pod of its
+    // own made from the template it recorded (v1, though the template is v2 now), with its
+    // env, and the agent can write.
+    let mode = |m: &str| format!(r#"{{"spec":{{"operatingMode":"{m}"}}}}"#);
+    let warm_pod_of_third = pod_of(&sandboxes.get("claim-2").await.unwrap());
+    cluster
+        .kubectl_ok(&[
+            "-n",
+            &ns.name,
+            "patch",
+            "agentsandbox",
+            "claim-2",
+            "--type=merge",
+            "-p",
+            &mode("Suspended"),
+        ])
+        .unwrap();
+    wait_until(
+        "claim-2's warm pod gone",
+        Duration::from_secs(60),
+        || async {
+            pods.get_opt(&warm_pod_of_third)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    cluster
+        .kubectl_ok(&[
+            "-n",
+            &ns.name,
+            "patch",
+            "agentsandbox",
+            "claim-2",
+            "--type=merge",
+            "-p",
+            &mode("Running"),
+        ])
+        .unwrap();
+    let resumed = wait_until("claim-2 Ready again", Duration::from_secs(120), || async {
+        let s = sandboxes.get("claim-2").await.ok()?;
+        (s.condition("Ready")?.status == "True"
+            && s.status.as_ref()?.pod_name.as_deref() == Some("claim-2"))
+        .then_some(s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        resumed.status.unwrap().claim.unwrap().start,
+        ClaimStart::Warm,
+        "status.claim says how it started"
+    );
+    let env2 = agent_environment(&cluster, &ns.name, "claim-2");
+    assert_eq!(env2.get("CLAIM").map(String::as_str), Some("claim-2"));
+    assert_eq!(
+        env2.get("TEMPLATE").map(String::as_str),
+        Some("v1"),
+        "resumed from its recorded template"
+    );
+    let (code, out, err) = sh(
+        &cluster,
+        &ns.name,
+        "claim-2",
+        "echo after-resume > /tmp/w && cat /tmp/w",
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (0, "after-resume"),
+        "write after resume: {err}"
+    );
+
     // A claim cannot move to another template or pool.
     let moved = cluster.kubectl(&[
         "-n",
