@@ -19,7 +19,8 @@ RUN cargo build --release --locked -p agentsandbox-operator -p agentsandbox-node
  && cargo rustc --release --locked -p agentsandbox-wait --bin agentsandbox-wait -- -C target-feature=+crt-static \
  && mkdir -p /out \
  && cp target/release/agentsandbox-operator target/release/agentsandbox-node \
-       target/release/containerd-shim-agentsandbox-v1 target/release/agentsandbox-wait /out/
+       target/release/containerd-shim-agentsandbox-v1 target/release/agentsandbox-launcher \
+       target/release/agentsandbox-wait /out/
 
 # The operator: one static-enough binary, nothing else, never root.
 FROM ${RUNTIME_IMAGE} AS operator
@@ -35,7 +36,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/agentsandbox-node /usr/local/bin/agentsandbox-node
 COPY --from=build /out/containerd-shim-agentsandbox-v1 /usr/local/share/agentsandbox/containerd-shim-agentsandbox-v1
-# The warm-pool waiter (static), installed next to the shim.
+# The shim's launcher (the pod's zygote) and the warm-pool waiter (static), installed next to
+# the shim.
+COPY --from=build /out/agentsandbox-launcher /usr/local/share/agentsandbox/agentsandbox-launcher
 COPY --from=build /out/agentsandbox-wait /usr/local/share/agentsandbox/agentsandbox-wait
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/agentsandbox-node"]

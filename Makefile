@@ -42,6 +42,7 @@ test: ## every tier: lint, unit, e2e (starts the cluster if none runs, stops it 
 
 bench: ## measurements against baselines on the local cluster (starts/updates it; never gates CI)
 	e2e/up.sh
+	e2e/bench-deps.sh
 	cargo run -q --locked -p agentsandbox-e2e --bin bench
 
 crds: ## regenerate crds/ from the Rust API types

@@ -105,12 +105,7 @@ server = "http://$REGISTRY_ADDR"
   capabilities = ["pull", "resolve"]
 TOML
   done
-  sed -e "s|^root = .*|root = \"$CT_STATE/root\"|" \
-    -e "s|^state = .*|state = \"$CT_RUN/state\"|" \
-    -e "s|address = \".*containerd.sock\"|address = \"$CT_SOCK\"|" \
-    -e "s|address = \".*containerd.sock.ttrpc\"|address = \"$CT_SOCK.ttrpc\"|" \
-    -e "s|path = \".*containerd/opt\"|path = \"$CT_STATE/opt\"|" \
-    "$STATE/containerd/config.toml" >"$CT_STATE/config.toml"
+  private_containerd_config "$CT_STATE" "$CT_RUN" "$CT_SOCK" >"$CT_STATE/config.toml"
   cat >>"$CT_STATE/config.toml" <<TOML
 
 [plugins."io.containerd.cri.v1.images".registry]

@@ -95,22 +95,6 @@ build_etcd() {
   publish "$out.tmp" "$out"
 }
 
-# go_install NAME MODULE_PATH@VERSION: a tool whose module has no replace lines.
-go_install() {
-  local name=$1 target=$2
-  local out=$CACHE/tools/$name-${target##*@}
-  if [[ -x $out/$name ]]; then
-    step "$name ${target##*@} cached"
-  else
-    step "building $name ${target##*@}"
-    rm -rf "$out.tmp"
-    mkdir -p "$out.tmp"
-    GOBIN=$out.tmp go install -trimpath -ldflags "-s -w" "$target"
-    publish "$out.tmp" "$out"
-  fi
-  ln -sfn "$out/$name" "$BIN/$name"
-}
-
 build_pause() {
   local src=$E2E_DIR/images/pause.c
   local out

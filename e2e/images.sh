@@ -34,9 +34,10 @@ build_binary_image() {
 }
 
 operator_tag=$(build_binary_image agentsandbox-operator)
-# The node image carries the shim it installs (Dockerfile target `node`).
+# The node image carries the shim and its launcher it installs (Dockerfile target `node`).
 node_tag=$(build_binary_image agentsandbox-node \
   "$ROOT/target/release/containerd-shim-agentsandbox-v1:/usr/local/share/agentsandbox/containerd-shim-agentsandbox-v1" \
+  "$ROOT/target/release/agentsandbox-launcher:/usr/local/share/agentsandbox/agentsandbox-launcher" \
   "$ROOT/target/release/agentsandbox-wait-static:/usr/local/share/agentsandbox/agentsandbox-wait")
 cat >"$STATE/images.env" <<ENV
 OPERATOR_IMAGE_REPOSITORY=agentsandbox.local/agentsandbox-operator

@@ -162,6 +162,35 @@ build_release_binaries() {
     cp target/release/agentsandbox-wait target/release/agentsandbox-wait-static)
 }
 
+# go_install NAME MODULE_PATH@VERSION: a tool whose module has no replace lines.
+go_install() {
+  local name=$1 target=$2
+  local out=$CACHE/tools/$name-${target##*@}
+  if [[ -x $out/$name ]]; then
+    step "$name ${target##*@} cached"
+  else
+    step "building $name ${target##*@}"
+    rm -rf "$out.tmp"
+    mkdir -p "$out.tmp"
+    GOBIN=$out.tmp go install -trimpath -ldflags "-s -w" "$target"
+    publish "$out.tmp" "$out"
+  fi
+  ln -sfn "$out/$name" "$BIN/$name"
+}
+
+# private_containerd_config STATE RUN SOCK: the cluster's containerd configuration (its
+# runtimes, drop-ins included) for a containerd of its own, whose pods the kubelet never sees
+# (it would stop and garbage-collect them): root and state under STATE and RUN, socket SOCK.
+private_containerd_config() {
+  local state=$1 run=$2 sock=$3
+  sed -e "s|^root = .*|root = \"$state/root\"|" \
+    -e "s|^state = .*|state = \"$run/state\"|" \
+    -e "s|address = \".*containerd.sock\"|address = \"$sock\"|" \
+    -e "s|address = \".*containerd.sock.ttrpc\"|address = \"$sock.ttrpc\"|" \
+    -e "s|path = \".*containerd/opt\"|path = \"$state/opt\"|" \
+    "$STATE/containerd/config.toml"
+}
+
 # containerd_dir VERSION: where VERSION's containerd, ctr and runc shim are cached.
 containerd_dir() {
   local version=$1

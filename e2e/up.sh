@@ -296,6 +296,14 @@ $(containerd_common_config)
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         SystemdCgroup = false
 
+    # A peer for \`make bench\` only (which installs Debian's crun and its wrapper,
+    # e2e/bench/crun-bench.c): crun under the runc shim.
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.crun]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.crun.options]
+        BinaryName = "$BIN/crun-bench"
+        SystemdCgroup = false
+
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["/usr/lib/cni"]
     conf_dir = "$STATE/cni/net.d"
@@ -323,6 +331,14 @@ $(containerd_common_config)
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+
+    # A peer for \`make bench\` only (which installs Debian's crun and its wrapper,
+    # e2e/bench/crun-bench.c): crun under the runc shim.
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun.options]
+        BinaryName = "$BIN/crun-bench"
         SystemdCgroup = false
 
   [plugins."io.containerd.grpc.v1.cri".cni]

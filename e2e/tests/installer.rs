@@ -29,6 +29,10 @@ async fn the_node_agent_installs_the_runtime_once_and_a_rerun_changes_nothing() 
     let built =
         std::fs::read(repo_root().join("target/release/containerd-shim-agentsandbox-v1")).unwrap();
     assert!(installed == built, "the installed shim is this build's");
+    let installed = std::fs::read(state_dir().join("bin/agentsandbox-launcher"))
+        .expect("the shim's launcher next to the shim");
+    let built = std::fs::read(repo_root().join("target/release/agentsandbox-launcher")).unwrap();
+    assert!(installed == built, "the installed launcher is this build's");
 
     // containerd 2.x: a drop-in in the imports directory (configuration version 3), the node's
     // own file untouched. containerd 1.x (version 2, where CRI is one plugin) replaces a whole

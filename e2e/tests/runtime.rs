@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use agentsandbox_e2e::{
     attack_image, attack_outcomes, busybox_image, busybox_pod, container_host_pid,
-    containerd_major, crictl, main_container, runtime_pod, sandbox_yaml, sandbox_yaml_running,
-    wait_sandbox_ready, wait_until_sync, Cluster, IDLE_LOOP, RUNTIME_CLASS,
+    containerd_major, containerd_socket, crictl, main_container, runtime_pod, sandbox_yaml,
+    sandbox_yaml_running, state_dir, wait_sandbox_ready, wait_until_sync, Cluster, IDLE_LOOP,
+    RUNTIME_CLASS,
 };
 use agentsandbox_operator::api::AgentSandbox;
 use k8s_openapi::api::core::v1::{Pod, ResourceRequirements, SecurityContext};
@@ -827,4 +828,48 @@ async fn the_node_reports_the_runtimes_features_from_its_info_answer() {
     let ours = ours.unwrap_or_else(|| panic!("no {RUNTIME_CLASS} handler in {handlers:?}"));
     assert_eq!(ours["features"]["recursiveReadOnlyMounts"], true, "{ours}");
     assert_ne!(ours["features"]["userNamespaces"], true, "{ours}");
+}
+
+/// A container run straight through containerd (no kubelet, so no pod network namespace to
+/// join) gets a namespace of its own from the runtime; its egress firewall must never be
+/// installed in the namespace the launcher runs in, the host's: that table (policy drop on
+/// input and output) cut this node off from its own API server once.
+#[tokio::test]
+async fn a_container_without_a_pod_network_namespace_leaves_the_host_firewall_alone() {
+    let ctr = |args: &[&str]| {
+        std::process::Command::new(state_dir().join("bin/ctr"))
+            .args(["-a", &containerd_socket(), "-n", "k8s.io"])
+            .args(args)
+            .output()
+            .expect("ctr runs")
+    };
+    let id = format!("e2e-no-pod-netns-{}", std::process::id());
+    let output = ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.agentsandbox.v1",
+        &busybox_image(),
+        &id,
+        "true",
+    ]);
+    assert!(output.status.success(), "ctr run: {output:?}");
+    let tables = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft runs on the node");
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    let landed = tables
+        .lines()
+        .any(|l| l.trim() == "table inet agentsandbox");
+    if landed {
+        // Give the node its network back before failing.
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", "agentsandbox"])
+            .output();
+    }
+    assert!(
+        !landed,
+        "the sandbox firewall landed in the host's network namespace:\n{tables}"
+    );
 }

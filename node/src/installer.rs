@@ -14,6 +14,8 @@ pub const NODE_LABEL_VALUE: &str = "installed";
 /// Suffix of the containerd configuration's backup (written once, before the first change).
 pub const BACKUP_SUFFIX: &str = ".agentsandbox.bak";
 pub const SHIM_NAME: &str = "containerd-shim-agentsandbox-v1";
+/// The shim's launcher binary (the pod's zygote), installed next to the shim.
+pub const LAUNCHER_NAME: &str = "agentsandbox-launcher";
 const BLOCK_BEGIN: &str =
     "# BEGIN agentsandbox runtime (managed by agentsandbox-node; edits inside are overwritten)";
 const BLOCK_END: &str = "# END agentsandbox runtime";
@@ -208,6 +210,13 @@ fn write_atomically(path: &Path, content: &[u8], mode: u32) -> Result<(), Instal
 /// running shims keep their (old) binary. Returns whether it changed.
 pub fn install_shim(source: &Path, bin_dir: &Path) -> Result<bool, InstallError> {
     install_binary(source, bin_dir, SHIM_NAME)
+}
+
+/// Copies the shim's launcher (`agentsandbox-launcher`, the pod's zygote, which the shim looks
+/// for next to itself) into `bin_dir`, as [`install_shim`] does. Installed before the shim,
+/// so that a shim never runs without the launcher it was built with or a newer one.
+pub fn install_launcher(source: &Path, bin_dir: &Path) -> Result<bool, InstallError> {
+    install_binary(source, bin_dir, LAUNCHER_NAME)
 }
 
 /// Copies the warm-pool waiter (`agentsandbox-wait`, which the shim runs in a warm member's

@@ -69,6 +69,12 @@ struct InstallArgs {
         default_value = "/usr/local/share/agentsandbox/containerd-shim-agentsandbox-v1"
     )]
     shim_source: PathBuf,
+    /// The shim's launcher carried by this image (installed next to the shim).
+    #[arg(
+        long,
+        default_value = "/usr/local/share/agentsandbox/agentsandbox-launcher"
+    )]
+    launcher_source: PathBuf,
     /// The warm-pool waiter carried by this image (installed next to the shim).
     #[arg(
         long,
@@ -105,6 +111,8 @@ struct InstallArgs {
 async fn install(node_name: &str, args: InstallArgs) -> Result<()> {
     let waiter = installer::install_waiter(&args.waiter_source, &args.bin_dir)?;
     info!(changed = waiter, dir = %args.bin_dir.display(), "warm-pool waiter {}", if waiter { "installed" } else { "unchanged" });
+    let launcher = installer::install_launcher(&args.launcher_source, &args.bin_dir)?;
+    info!(changed = launcher, dir = %args.bin_dir.display(), "launcher {}", if launcher { "installed" } else { "unchanged" });
     let shim = installer::install_shim(&args.shim_source, &args.bin_dir)?;
     info!(changed = shim, dir = %args.bin_dir.display(), "shim {}", if shim { "installed" } else { "unchanged" });
     let config = installer::install_config(

@@ -46,6 +46,7 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     sandboxes: Family<PhaseLabels, Gauge>,
     resident_memory: Gauge,
+    cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -73,6 +74,12 @@ impl Default for Metrics {
             "resident_memory_bytes",
             "Resident memory of the operator process",
             resident_memory.clone(),
+        );
+        let cpu_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "cpu_seconds",
+            "CPU time (user + system) the operator process has used",
+            cpu_seconds.clone(),
         );
         let claim_latency = Family::<ClaimLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
@@ -104,6 +111,7 @@ impl Default for Metrics {
             reconcile_duration,
             sandboxes,
             resident_memory,
+            cpu_seconds,
         }
     }
 }
@@ -165,11 +173,32 @@ impl Metrics {
         if let Some(bytes) = resident_memory_bytes() {
             self.resident_memory.set(bytes);
         }
+        if let Some(seconds) = cpu_seconds() {
+            self.cpu_seconds.set(seconds);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// utime + stime of this process, from /proc/self/stat (in clock ticks of 1/100 s: the value
+/// of sysconf(_SC_CLK_TCK) on every Linux architecture this runs on).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_of_stat(&stat)
+}
+
+/// utime + stime (fields 14 and 15) of a /proc/<pid>/stat line, in seconds. The command name
+/// (field 2) may hold spaces and parentheses: fields are counted after its closing one.
+pub fn cpu_seconds_of_stat(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// VmRSS of this process, from /proc/self/status.

@@ -1,18 +1,16 @@
-//! The launcher: a short-lived, single-threaded child of the shim that does what must not
-//! happen in the multi-threaded shim process. libcontainer creates processes with raw
-//! `clone3`, and entering namespaces or changing directory is process-wide. The shim
-//! re-executes its own (sealed) binary with [`LAUNCH_ARG`], writes one JSON request to its
-//! stdin and reads one JSON response from its stdout. Containers are created "as siblings",
-//! so their processes are children of the shim (a subreaper), which reaps them.
+//! What the launcher does: the work that must not happen in the multi-threaded shim process.
+//! libcontainer creates processes with raw `clone3`, and entering namespaces or changing
+//! directory is process-wide. Each request runs in a single-threaded worker that the pod's
+//! zygote forks ([`crate::zygote`]); the containers and processes a worker creates are its
+//! children until it exits, then the shim's (a child subreaper), which reaps them.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio as ProcessStdio};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
@@ -22,9 +20,6 @@ use crate::idmap::IdRange;
 use crate::policy::NamespaceJoins;
 use crate::sys::mounts::{self, IdmapPlan, RootfsMount};
 use crate::sys::namespaces;
-
-/// First argument that turns the shim binary into the launcher.
-pub const LAUNCH_ARG: &str = "launch";
 
 /// containerd's FIFOs for a process (empty: none).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -82,116 +77,14 @@ pub enum LaunchResponse {
     Failed(String),
 }
 
-/// Where container processes come from: the launcher process ([`ProcessLauncher`]), or a
-/// fake in the task service's tests. Blocking: called from a blocking thread.
+/// Where container processes come from: the pod's zygote ([`crate::zygote::ZygoteLauncher`]),
+/// or a fake in the task service's tests. Blocking: called from a blocking thread.
 pub trait Launcher: Send + Sync + 'static {
     fn launch(&self, request: &LaunchRequest) -> Result<LaunchResponse>;
 }
 
-/// Runs each request in a fresh launcher process (the shim's own binary, sealed).
-pub struct ProcessLauncher;
-
-impl Launcher for ProcessLauncher {
-    fn launch(&self, request: &LaunchRequest) -> Result<LaunchResponse> {
-        launch(request)
-    }
-}
-
-/// Runs one request in a fresh launcher process (blocking: call from a blocking thread).
-pub fn launch(request: &LaunchRequest) -> Result<LaunchResponse> {
-    let mut child = Command::new("/proc/self/exe")
-        .arg(LAUNCH_ARG)
-        .stdin(ProcessStdio::piped())
-        .stdout(ProcessStdio::piped())
-        .stderr(ProcessStdio::piped())
-        .spawn()
-        .context("starting the launcher")?;
-    // libcontainer's own error reports, kept for the failure message.
-    let mut stderr = child.stderr.take().expect("piped");
-    let diagnostics = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let mut stdin = child.stdin.take().expect("piped");
-    stdin.write_all(&serde_json::to_vec(request)?)?;
-    drop(stdin);
-    let mut output = Vec::new();
-    child
-        .stdout
-        .take()
-        .expect("piped")
-        .read_to_end(&mut output)?;
-    // The launcher's exit status is collected by the shim's reaper, not here.
-    // A created container holds a copy of the diagnostics pipe until it execs: read it only
-    // when the launch failed (then nothing of the container is alive).
-    let response: Option<LaunchResponse> = serde_json::from_slice(&output).ok();
-    match response {
-        Some(LaunchResponse::Failed(message)) => {
-            let diagnostics = diagnostics.join().unwrap_or_default();
-            let errors: Vec<&str> = diagnostics
-                .lines()
-                .filter(|l| l.contains("ERROR"))
-                .take(8)
-                .collect();
-            if errors.is_empty() {
-                Ok(LaunchResponse::Failed(message))
-            } else {
-                Ok(LaunchResponse::Failed(format!(
-                    "{message} ({})",
-                    errors.join("; ")
-                )))
-            }
-        }
-        Some(response) => Ok(response),
-        None => {
-            let diagnostics = diagnostics.join().unwrap_or_default();
-            bail!(
-                "the launcher exited without an answer: {}",
-                diagnostics.trim()
-            )
-        }
-    }
-}
-
-/// The launcher's main: one request from stdin, one response to stdout.
-pub fn run_launcher() -> i32 {
-    // A private copy of stderr (close-on-exec): the container's processes get their own
-    // stdio on fd 2 before they exec, and libcontainer's diagnostics must not end up there.
-    let diagnostics = nix::fcntl::fcntl(2, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
-        .map(|fd| {
-            // SAFETY: a fresh descriptor we own.
-            File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-        })
-        .ok();
-    let writer = std::sync::Mutex::new(
-        diagnostics.unwrap_or_else(|| File::create("/dev/null").expect("/dev/null")),
-    );
-    tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_max_level(tracing::Level::WARN)
-        .without_time()
-        .with_target(false)
-        .with_ansi(false)
-        .init();
-    let mut input = Vec::new();
-    let response = match std::io::stdin().read_to_end(&mut input) {
-        Ok(_) => match serde_json::from_slice::<LaunchRequest>(&input) {
-            Ok(request) => match handle(request) {
-                Ok(response) => response,
-                Err(err) => LaunchResponse::Failed(format!("{err:#}")),
-            },
-            Err(err) => LaunchResponse::Failed(format!("bad launcher request: {err}")),
-        },
-        Err(err) => LaunchResponse::Failed(format!("reading launcher request: {err}")),
-    };
-    let mut stdout = std::io::stdout();
-    let _ = stdout.write_all(&serde_json::to_vec(&response).unwrap_or_default());
-    let _ = stdout.flush();
-    0
-}
-
-fn handle(request: LaunchRequest) -> Result<LaunchResponse> {
+/// Handles one request in this (single-threaded) process: a worker forked by the zygote.
+pub fn handle(request: LaunchRequest) -> Result<LaunchResponse> {
     match request {
         LaunchRequest::Create(request) => {
             let result = create(&request);
@@ -259,8 +152,17 @@ fn create(request: &CreateRequest) -> Result<i32> {
         std::fs::write(crate::policy::sysctl_path(key), value)
             .with_context(|| format!("setting sysctl {key} in the pod's namespaces"))?;
     }
-    if let Some(rules) = &request.egress {
-        crate::egress::apply_rules(rules, None).context("installing the egress firewall")?;
+    match (&request.egress, &request.joins.network) {
+        (Some(rules), Some(_)) => {
+            crate::egress::apply_rules(rules, None).context("installing the egress firewall")?;
+        }
+        // No pod network namespace to join (a container run straight through containerd,
+        // not by the kubelet): libcontainer gives it a fresh one of its own, loopback only.
+        // The rules must never land in this process's namespace: the host's.
+        (Some(_), None) => {
+            tracing::info!(container = %request.id, "no pod network namespace: the container's own has nothing to filter")
+        }
+        (None, _) => {}
     }
     let mut builder = ContainerBuilder::new(request.id.clone(), SyscallType::default())
         .with_root_path(&request.root)?;
@@ -276,7 +178,9 @@ fn create(request: &CreateRequest) -> Result<i32> {
         .as_init(&request.bundle)
         .with_systemd(false)
         .with_detach(true)
-        .as_sibling(true)
+        // A child of this worker, re-parented to the shim when the worker exits (as a sibling
+        // it would be the zygote's child, and the zygote reaps nothing for the shim).
+        .as_sibling(false)
         .build()
         .map_err(|e| anyhow::Error::new(e).context("creating the container"))?;
     container

@@ -5,7 +5,6 @@ use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsRawFd;
 
 use agentsandbox_shim::bootstrap::{self, StartProtocol};
-use agentsandbox_shim::launcher::{run_launcher, LAUNCH_ARG};
 use agentsandbox_shim::service::{start_shim_server, Service};
 use containerd_shim::StartOpts;
 
@@ -14,17 +13,6 @@ const RUNTIME_ID: &str = "io.containerd.agentsandbox.v1";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(LAUNCH_ARG) {
-        // The launcher and the processes it forks are the only ones that enter containers:
-        // they run from a sealed in-memory copy of the binary, so nothing inside a container
-        // can reach the shim's file on the host through /proc/<pid>/exe (CVE-2019-5736).
-        // The long-lived shim process never enters a container and runs from the file.
-        if let Err(err) = ensure_sealed() {
-            eprintln!("{RUNTIME_ID}: cannot seal the launcher: {err}");
-            std::process::exit(1);
-        }
-        std::process::exit(run_launcher());
-    }
     if args[1..].iter().any(|a| a == "-info" || a == "--info") {
         // containerd 2.x's introspection: runtime options on stdin (not needed), the runtime's
         // info and OCI features on stdout.
@@ -40,6 +28,10 @@ fn main() {
     // One pod's worth of requests: a single-threaded runtime is plenty (blocking work goes to
     // tokio's blocking pool).
     let runtime = tokio::runtime::Builder::new_current_thread()
+        // Blocking work (a launch, a cgroup read) comes in short bursts: its threads leave
+        // soon after, so that an idle shim keeps three (this, the seccomp listener, the
+        // escape recorder).
+        .thread_keep_alive(std::time::Duration::from_millis(500))
         .enable_all()
         .build()
         .expect("tokio runtime");
@@ -53,25 +45,6 @@ fn main() {
     runtime.block_on(containerd_shim::asynchronous::run::<Service>(
         RUNTIME_ID, None,
     ));
-}
-
-/// Re-executes the launcher from a sealed in-memory copy. Sealing can fail with EBUSY while
-/// the kernel still holds references to the copy's pages from the splice that filled it
-/// (seen under load in critest); that is transient, so it is retried a few times.
-fn ensure_sealed() -> std::io::Result<()> {
-    let mut attempt = 0u32;
-    loop {
-        // Returns only on failure: on success it executes the sealed copy.
-        let err = match pentacle::ensure_sealed() {
-            Ok(()) => return Ok(()),
-            Err(err) => err,
-        };
-        attempt += 1;
-        if err.raw_os_error() != Some(libc::EBUSY) || attempt >= 10 {
-            return Err(err);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempt)));
-    }
 }
 
 /// Answers containerd 2.3's bootstrap `start` here (Some: the exit code); for the older

@@ -12,7 +12,7 @@
 //! still counted exactly while its details are dropped and counted as dropped.
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -58,7 +58,7 @@ pub const RAW_QUEUE: usize = 4096;
 /// Attempts counted without details: (container, syscall, arch) -> count.
 type Overflow = HashMap<(Arc<str>, libseccomp::ScmpSyscall, libseccomp::ScmpArch), u64>;
 
-/// Shared by the listener threads.
+/// Shared by the listener thread and the recorder thread.
 struct Shared {
     /// To the recorder thread (bounded).
     raw: Mutex<std::sync::mpsc::SyncSender<RawAttempt>>,
@@ -124,16 +124,7 @@ impl NotifyListener {
         let for_thread = shared.clone();
         std::thread::Builder::new()
             .name("seccomp-listener".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let shared = for_thread.clone();
-                    std::thread::spawn(move || {
-                        if let Err(err) = serve_container(stream, &shared) {
-                            tracing::warn!(error = %err, "seccomp notify handshake failed");
-                        }
-                    });
-                }
-            })?;
+            .spawn(move || serve(listener, &for_thread))?;
         Ok(NotifyListener {
             path: path.to_path_buf(),
             shared,
@@ -146,7 +137,58 @@ impl NotifyListener {
     }
 }
 
-fn serve_container(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
+/// One thread for the whole pod (a shim keeps few threads): accepts each container's notify
+/// fd on `listener` and answers the notifications of every container, polling them together.
+fn serve(listener: UnixListener, shared: &Shared) {
+    let mut containers: Vec<(Arc<str>, OwnedFd)> = Vec::new();
+    loop {
+        let revents: Vec<PollFlags> = {
+            let mut fds = Vec::with_capacity(containers.len() + 1);
+            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+            for (_, fd) in &containers {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(err) => {
+                    tracing::error!(error = %err, "seccomp listener stopped");
+                    return;
+                }
+            }
+            fds.iter()
+                .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                .collect()
+        };
+        // From the end, so that swap_remove only moves entries already looked at.
+        for index in (0..containers.len()).rev() {
+            let revents = revents[index + 1];
+            if revents.contains(PollFlags::POLLIN) {
+                let (container, fd) = &containers[index];
+                answer(fd.as_raw_fd(), container, shared);
+            } else if revents
+                .intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+            {
+                // POLLHUP: every process using this filter is gone.
+                containers.swap_remove(index);
+            }
+        }
+        if revents[0].contains(PollFlags::POLLIN) {
+            if let Ok((stream, _)) = listener.accept() {
+                match handshake(stream) {
+                    Ok(container) => containers.push(container),
+                    Err(err) => tracing::warn!(error = %err, "seccomp notify handshake failed"),
+                }
+            }
+        }
+    }
+}
+
+/// A container's name and notify fd, as libcontainer sends them when the container starts.
+fn handshake(stream: UnixStream) -> anyhow::Result<(Arc<str>, OwnedFd)> {
+    // libcontainer writes right after connecting; a peer that does not must not hold up the
+    // other containers' answers for long.
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     let (message, notify_fd) = receive_fd(&stream)?;
     drop(stream);
     let state: ProcessState = serde_json::from_slice(&message)?;
@@ -155,74 +197,56 @@ fn serve_container(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
     } else {
         state.metadata.into()
     };
-    let fd = notify_fd.as_raw_fd();
-    set_sync_wake_up(fd);
-    loop {
-        // POLLHUP: every process using this filter is gone.
-        let mut fds = [PollFd::new(
-            std::os::fd::AsFd::as_fd(&notify_fd),
-            PollFlags::POLLIN,
-        )];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(err) => return Err(err.into()),
-        }
-        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-        if revents.contains(PollFlags::POLLIN) {
-            let Ok(request) = ScmpNotifReq::receive(fd) else {
-                continue;
-            };
-            let is_clone3 = request.data.syscall == shared.clone3 && request.data.arch == native();
-            if is_clone3 {
-                // Read before answering: the caller's memory cannot change under a blocked
-                // single thread, and the answer is the same either way.
-                let flags = read_u64(request.pid, request.data.args[0]);
-                let _ = ScmpNotifResp::new_error(
-                    request.id,
-                    -libc::ENOSYS,
-                    ScmpNotifRespFlags::empty(),
-                )
-                .respond(fd);
-                if !clone3_is_attempt(flags) {
-                    let count = shared.clone3_fallbacks.fetch_add(1, Ordering::Relaxed) + 1;
-                    if count.is_power_of_two() {
-                        tracing::debug!(%container, count, "clone3 answered ENOSYS (libc falls back to clone)");
-                    }
-                    continue;
-                }
-            } else {
-                // Deny first: the caller is blocked until we answer.
-                let _ =
-                    ScmpNotifResp::new_error(request.id, -libc::EPERM, ScmpNotifRespFlags::empty())
-                        .respond(fd);
+    set_sync_wake_up(notify_fd.as_raw_fd());
+    Ok((container, notify_fd))
+}
+
+/// Answers one pending notification of `container` (deny first) and queues it for the
+/// recorder.
+fn answer(fd: RawFd, container: &Arc<str>, shared: &Shared) {
+    let Ok(request) = ScmpNotifReq::receive(fd) else {
+        return;
+    };
+    let is_clone3 = request.data.syscall == shared.clone3 && request.data.arch == native();
+    if is_clone3 {
+        // Read before answering: the caller's memory cannot change under a blocked
+        // single thread, and the answer is the same either way.
+        let flags = read_u64(request.pid, request.data.args[0]);
+        let _ = ScmpNotifResp::new_error(request.id, -libc::ENOSYS, ScmpNotifRespFlags::empty())
+            .respond(fd);
+        if !clone3_is_attempt(flags) {
+            let count = shared.clone3_fallbacks.fetch_add(1, Ordering::Relaxed) + 1;
+            if count.is_power_of_two() {
+                tracing::debug!(%container, count, "clone3 answered ENOSYS (libc falls back to clone)");
             }
-            // Everything else happens on the recorder thread: this one goes straight back to
-            // answering (a flood is paced by this loop).
-            let queued = shared.raw.lock().expect("lock").try_send(RawAttempt {
-                time_unix_nanos: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as i64)
-                    .unwrap_or_default(),
-                container: container.clone(),
-                host_pid: request.pid,
-                syscall: request.data.syscall,
-                arch: request.data.arch,
-                args: request.data.args,
-            });
-            if let Err(std::sync::mpsc::TrySendError::Full(raw)) = queued {
-                *shared
-                    .overflow
-                    .lock()
-                    .expect("lock")
-                    .entry((raw.container, raw.syscall, raw.arch))
-                    .or_default() += 1;
-                shared.overflowed.store(true, Ordering::SeqCst);
-            }
-        } else if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
-        {
-            return Ok(());
+            return;
         }
+    } else {
+        // Deny first: the caller is blocked until we answer.
+        let _ = ScmpNotifResp::new_error(request.id, -libc::EPERM, ScmpNotifRespFlags::empty())
+            .respond(fd);
+    }
+    // Everything else happens on the recorder thread: this one goes straight back to
+    // answering (a flood is paced by this loop).
+    let queued = shared.raw.lock().expect("lock").try_send(RawAttempt {
+        time_unix_nanos: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or_default(),
+        container: container.clone(),
+        host_pid: request.pid,
+        syscall: request.data.syscall,
+        arch: request.data.arch,
+        args: request.data.args,
+    });
+    if let Err(std::sync::mpsc::TrySendError::Full(raw)) = queued {
+        *shared
+            .overflow
+            .lock()
+            .expect("lock")
+            .entry((raw.container, raw.syscall, raw.arch))
+            .or_default() += 1;
+        shared.overflowed.store(true, Ordering::SeqCst);
     }
 }
 

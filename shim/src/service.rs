@@ -18,13 +18,13 @@ use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::ttrpc::context::Context;
 
 use crate::cgroups::ContainerCgroup;
-use crate::launcher::ProcessLauncher;
 use crate::notify::NotifyListener;
 use crate::task::{
     container_dir, libcontainer_root, now, remove_container_leftovers, EventSink, TaskService,
     STATE_ROOT,
 };
 use crate::telemetry::Telemetry;
+use crate::zygote::{launcher_beside, ZygoteLauncher, ZYGOTE_REGISTRY};
 
 /// containerd's event publisher for one namespace.
 struct ContainerdEvents {
@@ -123,12 +123,19 @@ impl Shim for Service {
             namespace: self.namespace.clone(),
         });
         let state_root = Path::new(STATE_ROOT);
-        let mut service = TaskService::new(
-            &self.namespace,
-            state_root,
-            Arc::new(ProcessLauncher),
-            events,
-        );
+        let shim = std::env::current_exe().unwrap_or_default();
+        let launcher = Arc::new(ZygoteLauncher::new(
+            launcher_beside(&shim),
+            std::path::PathBuf::from(ZYGOTE_REGISTRY),
+        ));
+        // The zygote starts while containerd is still preparing the first container.
+        let prestarted = launcher.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = prestarted.prestart() {
+                tracing::error!(error = %format!("{err:#}"), "the launcher zygote did not start");
+            }
+        });
+        let mut service = TaskService::new(&self.namespace, state_root, launcher, events);
         service.exit = self.exit.clone();
         let notify_dir = service.notify_dir();
         let _ = std::fs::create_dir_all(&notify_dir);

@@ -123,8 +123,8 @@ fn v2_statistics_come_from_cpu_stat_memory_and_pids_files() {
     std::fs::remove_dir_all(root).unwrap();
 }
 
-#[test]
-fn v2_oom_kills_are_reported_once_each_as_memory_events_counts_them() {
+#[tokio::test]
+async fn v2_oom_kills_are_reported_once_each_as_memory_events_counts_them() {
     let root = fixture("oom");
     let dir = v2_tree(&root);
     let seen = Arc::new(AtomicUsize::new(0));
@@ -141,7 +141,7 @@ fn v2_oom_kills_are_reported_once_each_as_memory_events_counts_them() {
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     while seen.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(seen.load(Ordering::SeqCst), 2);
     // A change that is not a kill reports nothing more.
@@ -150,7 +150,7 @@ fn v2_oom_kills_are_reported_once_each_as_memory_events_counts_them() {
         "memory.events",
         "low 0\nhigh 1\nmax 9\noom 3\noom_kill 3\noom_group_kill 0\n",
     );
-    std::thread::sleep(Duration::from_millis(100));
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(seen.load(Ordering::SeqCst), 2);
     std::fs::remove_dir_all(root).unwrap();
 }

@@ -89,12 +89,13 @@ pub fn memory_events(dir: &Path) -> MemoryEvents {
     events
 }
 
-/// Calls `on_oom` (from a thread of its own) for every OOM kill in the cgroup `dir`, as
-/// `memory.events`' `oom_kill` count grows; the thread ends when the cgroup is removed.
+/// Calls `on_oom` for every OOM kill in the cgroup `dir`, as `memory.events`' `oom_kill`
+/// count grows, from a task on the current tokio runtime that ends when the cgroup is removed.
 pub fn watch_oom(dir: &Path, on_oom: impl Fn() + Send + 'static) -> Result<()> {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     let events_file: PathBuf = dir.join("memory.events");
-    let inotify = Inotify::init(InitFlags::IN_CLOEXEC).context("inotify")?;
+    let inotify =
+        Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).context("inotify")?;
     inotify
         .add_watch(
             &events_file,
@@ -103,25 +104,31 @@ pub fn watch_oom(dir: &Path, on_oom: impl Fn() + Send + 'static) -> Result<()> {
         .with_context(|| format!("watching {}", events_file.display()))?;
     let dir = dir.to_path_buf();
     let mut seen = memory_events(&dir).oom_kill;
-    std::thread::Builder::new()
-        .name("oom-watch".into())
-        .spawn(move || {
-            while let Ok(events) = inotify.read_events() {
-                if events.iter().any(|e| {
-                    e.mask
-                        .intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF)
-                }) || !dir.exists()
-                {
-                    break;
-                }
-                let now = memory_events(&dir).oom_kill;
-                for _ in seen..now {
-                    on_oom();
-                }
-                seen = seen.max(now);
-            }
-        })?;
-    Ok(())
+    super::oom::on_readable(InotifyFd(inotify), move |inotify| {
+        let events = inotify.0.read_events().map_err(std::io::Error::from)?;
+        if events.iter().any(|e| {
+            e.mask
+                .intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF)
+        }) || !dir.exists()
+        {
+            return Ok(std::ops::ControlFlow::Break(()));
+        }
+        let now = memory_events(&dir).oom_kill;
+        for _ in seen..now {
+            on_oom();
+        }
+        seen = seen.max(now);
+        Ok(std::ops::ControlFlow::Continue(()))
+    })
+}
+
+/// An inotify instance as tokio's AsyncFd wants it.
+struct InotifyFd(nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsFd::as_fd(&self.0).as_raw_fd()
+    }
 }
 
 /// Kills every process of the cgroup at once (`cgroup.kill`, Linux 5.14+): nothing forked

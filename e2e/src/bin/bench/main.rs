@@ -110,10 +110,45 @@ fn leader_rss(cluster: &Cluster) -> Option<(String, f64)> {
     best.map(|(pod, _, rss)| (pod, rss / (1024.0 * 1024.0)))
 }
 
-const RUNTIMES: [(&str, &str); 2] = [
-    ("runc (containerd-shim-runc-v2)", "io.containerd.runc.v2"),
-    ("agentsandbox", "io.containerd.agentsandbox.v1"),
+/// A runtime under test: its name, containerd's runtime type, the OCI runtime the runc shim
+/// runs (`ctr run --runc-binary`) and the CRI runtime handler.
+struct Runtime {
+    name: &'static str,
+    runtime_type: &'static str,
+    runc_binary: Option<fn() -> String>,
+    handler: &'static str,
+}
+
+/// Debian's crun (which `make bench` installs) through its wrapper
+/// (e2e/bench/crun-bench.c); the harness's containerd has a `crun` handler for the same.
+fn crun() -> String {
+    agentsandbox_e2e::state_dir()
+        .join("bin/crun-bench")
+        .display()
+        .to_string()
+}
+
+const RUNTIMES: [Runtime; 3] = [
+    Runtime {
+        name: "runc (containerd-shim-runc-v2)",
+        runtime_type: "io.containerd.runc.v2",
+        runc_binary: None,
+        handler: "runc",
+    },
+    Runtime {
+        name: "crun (containerd-shim-runc-v2)",
+        runtime_type: "io.containerd.runc.v2",
+        runc_binary: Some(crun),
+        handler: "crun",
+    },
+    Runtime {
+        name: "agentsandbox",
+        runtime_type: "io.containerd.agentsandbox.v1",
+        runc_binary: None,
+        handler: "agentsandbox",
+    },
 ];
+const AGENTSANDBOX: usize = 2;
 
 fn ctr(args: &[&str]) -> std::process::Output {
     std::process::Command::new(agentsandbox_e2e::state_dir().join("bin/ctr"))
@@ -123,20 +158,59 @@ fn ctr(args: &[&str]) -> std::process::Output {
         .expect("ctr runs")
 }
 
-/// create -> start -> exit of `true` -> delete, through containerd, per runtime.
-fn runtime_start_latencies(n: usize) -> Vec<Vec<Duration>> {
+/// `ctr run` of `image` as `id` under `runtime`, with `extra` options before the image.
+fn ctr_run(runtime: &Runtime, extra: &[&str], id: &str, command: &[&str]) -> std::process::Output {
     let image = busybox_image();
+    let binary = runtime.runc_binary.map(|path| path());
+    let mut args = vec!["run", "--runtime", runtime.runtime_type];
+    if let Some(binary) = &binary {
+        args.extend(["--runc-binary", binary.as_str()]);
+    }
+    args.extend(extra);
+    args.extend([image.as_str(), id]);
+    args.extend(command);
+    ctr(&args)
+}
+
+/// Why each runtime cannot run here (None: it can), from one `ctr run --rm true`.
+fn probe_runtimes() -> Vec<Option<String>> {
+    RUNTIMES
+        .iter()
+        .enumerate()
+        .map(|(index, runtime)| {
+            let output = ctr_run(
+                runtime,
+                &["--rm"],
+                &format!("bench-probe-{index}"),
+                &["true"],
+            );
+            (!output.status.success()).then(|| {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                let reason = stderr.lines().last().unwrap_or("").trim().to_string();
+                println!("{}: unavailable on this machine: {reason}", runtime.name);
+                reason
+            })
+        })
+        .collect()
+}
+
+/// create -> start -> exit of `true` -> delete, through containerd, per available runtime.
+fn runtime_start_latencies(n: usize, unavailable: &[Option<String>]) -> Vec<Vec<Duration>> {
     let mut samples = vec![Vec::new(); RUNTIMES.len()];
     // Two warm-up rounds, then n measured ones, the runtimes interleaved.
     for round in 0..n + 2 {
-        for (index, (_, runtime)) in RUNTIMES.iter().enumerate() {
+        for (index, runtime) in RUNTIMES.iter().enumerate() {
+            if unavailable[index].is_some() {
+                continue;
+            }
             let id = format!("bench-start-{index}-{round}");
             let started = Instant::now();
-            let output = ctr(&["run", "--rm", "--runtime", runtime, &image, &id, "true"]);
+            let output = ctr_run(runtime, &["--rm"], &id, &["true"]);
             let elapsed = started.elapsed();
             assert!(
                 output.status.success(),
-                "ctr run under {runtime}: {output:?}"
+                "ctr run under {}: {output:?}",
+                runtime.name
             );
             if round >= 2 {
                 samples[index].push(elapsed);
@@ -156,15 +230,51 @@ fn kib_field(text: &str, field: &str) -> Option<f64> {
         .ok()
 }
 
-/// (RSS, PSS) of a process in MiB. PSS divides pages shared with other processes (the shim
-/// binary's code, mapped by every shim on the node) among them: the per-pod cost.
-fn shim_memory_mib(pid: &str) -> Option<(f64, f64)> {
+/// A process's (RSS, PSS) in MiB and its threads. PSS divides pages shared with other
+/// processes (the shim binary's code, mapped by every shim on the node) among them: the
+/// per-pod cost.
+fn process_memory(pid: &str) -> Option<(f64, f64, u32)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     Some((
         kib_field(&status, "VmRSS:")? / 1024.0,
         kib_field(&rollup, "Pss:")? / 1024.0,
+        kib_field(&status, "Threads:")? as u32,
     ))
+}
+
+/// Children of `pid`, from every thread (a child belongs to the thread that forked it).
+fn children(pid: &str) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .collect()
+}
+
+/// The sealed memfds a process maps (the launcher zygote runs from one): (inode, bytes).
+fn mapped_memfds(pid: &str) -> Vec<(u64, u64)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut found: Vec<(u64, u64)> = Vec::new();
+    for line in maps.lines().filter(|l| l.contains("/memfd:")) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(inode) = fields.get(4).and_then(|i| i.parse::<u64>().ok()) else {
+            continue;
+        };
+        if found.iter().any(|(i, _)| *i == inode) {
+            continue;
+        }
+        // The file's size, through the mapping (map_files needs root, which the bench has).
+        let range = fields[0];
+        let size = std::fs::metadata(format!("/proc/{pid}/map_files/{range}"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        found.push((inode, size));
+    }
+    found
 }
 
 fn shim_pid(id: &str) -> Option<String> {
@@ -181,30 +291,79 @@ fn shim_pid(id: &str) -> Option<String> {
     })
 }
 
+/// Per pod: the shim's memory and that of its helper processes (the agentsandbox launcher
+/// zygote with its sealed memfd; runc's shim has none once the container runs).
+#[derive(Clone, Copy, Default)]
+struct ShimMemory {
+    rss: f64,
+    pss: f64,
+    /// Threads of the shim process itself.
+    threads: f64,
+    /// PSS of the shim's helper processes (the launcher zygote), counted in `pss_total`.
+    helpers: f64,
+    /// The helpers' sealed memfds: shmem the node holds whether mapped or not, divided by
+    /// the pods that share it; counted in `pss_total` (on top of the mapped part the PSS
+    /// already has: an overcount, against us).
+    memfd: f64,
+}
+
+impl ShimMemory {
+    fn pss_total(&self) -> f64 {
+        self.pss + self.helpers + self.memfd
+    }
+}
+
+/// A shim's memory, and its helpers' memfds by inode.
+fn shim_memory_of(pid: &str) -> Option<(ShimMemory, Vec<(u64, u64)>)> {
+    let (rss, pss, threads) = process_memory(pid)?;
+    // Only helpers: the container's own processes are not the shim's cost.
+    let helpers: Vec<String> = children(pid)
+        .into_iter()
+        .filter(|child| {
+            std::fs::read(format!("/proc/{child}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"agentsandbox-launcher"))
+        })
+        .collect();
+    let helper_pss = helpers
+        .iter()
+        .filter_map(|child| Some(process_memory(child)?.1))
+        .sum();
+    let memfds = helpers
+        .iter()
+        .flat_map(|child| mapped_memfds(child))
+        .collect();
+    Some((
+        ShimMemory {
+            rss,
+            pss,
+            threads: threads as f64,
+            helpers: helper_pss,
+            memfd: 0.0,
+        },
+        memfds,
+    ))
+}
+
 /// Average memory of the shims serving `pods` running containers (one pod each).
-fn shim_memory(runtime: &str, tag: usize, pods: usize) -> Option<(f64, f64)> {
-    let image = busybox_image();
+fn shim_memory(runtime: &Runtime, tag: usize, pods: usize) -> Option<ShimMemory> {
     let ids: Vec<String> = (0..pods).map(|i| format!("bench-mem-{tag}-{i}")).collect();
     for id in &ids {
-        let output = ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            runtime,
-            &image,
-            id,
-            "sleep",
-            "600",
-        ]);
+        let output = ctr_run(runtime, &["-d"], id, &["sleep", "600"]);
         assert!(
             output.status.success(),
-            "ctr run -d under {runtime}: {output:?}"
+            "ctr run -d under {}: {output:?}",
+            runtime.name
         );
     }
-    let samples: Vec<(f64, f64)> = ids
+    let measured: Vec<(ShimMemory, Vec<(u64, u64)>)> = ids
         .iter()
-        .filter_map(|id| shim_pid(id).as_deref().and_then(shim_memory_mib))
+        .filter_map(|id| shim_pid(id).as_deref().and_then(shim_memory_of))
         .collect();
+    let mut memfds: Vec<(u64, u64)> = measured.iter().flat_map(|(_, m)| m.clone()).collect();
+    memfds.sort();
+    memfds.dedup();
+    let memfd_mib = memfds.iter().map(|(_, size)| *size as f64).sum::<f64>() / (1024.0 * 1024.0);
+    let samples: Vec<ShimMemory> = measured.into_iter().map(|(m, _)| m).collect();
     for id in &ids {
         let _ = ctr(&["task", "kill", "-s", "SIGKILL", id]);
         let _ = wait_until_exit(id);
@@ -213,10 +372,14 @@ fn shim_memory(runtime: &str, tag: usize, pods: usize) -> Option<(f64, f64)> {
     }
     (samples.len() == pods).then(|| {
         let n = pods as f64;
-        (
-            samples.iter().map(|s| s.0).sum::<f64>() / n,
-            samples.iter().map(|s| s.1).sum::<f64>() / n,
-        )
+        let mean = |f: fn(&ShimMemory) -> f64| samples.iter().map(f).sum::<f64>() / n;
+        ShimMemory {
+            rss: mean(|s| s.rss),
+            pss: mean(|s| s.pss),
+            threads: mean(|s| s.threads),
+            helpers: mean(|s| s.helpers),
+            memfd: memfd_mib / n,
+        }
     })
 }
 
@@ -236,40 +399,183 @@ fn wait_until_exit(id: &str) -> bool {
     false
 }
 
-fn runtime_bench(n: usize) {
-    println!("== runtime: create -> start -> exit of `true` (ctr run --rm), n={n}, interleaved");
-    let mut samples = runtime_start_latencies(n);
-    let medians: Vec<f64> = samples.iter_mut().map(|s| ms(percentile(s, 0.5))).collect();
-    println!("{:<32} {:>10}", "", "p50 ms");
-    for ((name, _), median) in RUNTIMES.iter().zip(&medians) {
-        println!("{name:<32} {median:>10.1}");
+/// `crictl` against the bench's own containerd (`socket`).
+fn crictl_at(socket: &str, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(agentsandbox_e2e::state_dir().join("bin/crictl"))
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{socket}"))
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!(
+            "crictl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
     }
-    println!("ratio agentsandbox / runc: {:.2}x", medians[1] / medians[0]);
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
 
-    let pods = 5;
-    println!(
-        "\n== runtime: shim memory per pod, {pods} pods running per runtime (average RSS and PSS)"
+/// The bench's own containerd (e2e/bench-containerd.sh): the kubelet stops pod sandboxes it
+/// did not create on the cluster's.
+fn bench_containerd(action: &str) -> String {
+    let output =
+        std::process::Command::new(agentsandbox_e2e::repo_root().join("e2e/bench-containerd.sh"))
+            .arg(action)
+            .output()
+            .expect("e2e/bench-containerd.sh runs");
+    assert!(
+        output.status.success(),
+        "e2e/bench-containerd.sh {action}: {}",
+        String::from_utf8_lossy(&output.stderr)
     );
-    let rss: Vec<Option<(f64, f64)>> = RUNTIMES
-        .iter()
-        .enumerate()
-        .map(|(i, (_, runtime))| shim_memory(runtime, i, pods))
-        .collect();
-    for ((name, _), value) in RUNTIMES.iter().zip(&rss) {
-        match value {
-            Some((rss, private)) => {
-                println!("{name:<32} RSS {rss:>6.1} MiB   PSS {private:>6.1} MiB")
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// `crictl runp` + `create` + `start` of a pod with one `sleep` container, per runtime handler
+/// (the kubelet's own sequence, without the kubelet), interleaved; each pod removed after.
+fn cri_start_latencies(n: usize, unavailable: &[Option<String>]) -> Vec<Vec<Duration>> {
+    let socket = bench_containerd("start");
+    let dir = std::env::temp_dir().join(format!("agentsandbox-bench-cri-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let container = dir.join("container.json");
+    std::fs::write(
+        &container,
+        serde_json::json!({
+            "metadata": {"name": "main"},
+            "image": {"image": busybox_image()},
+            "command": ["sleep", "600"],
+            "linux": {},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut samples = vec![Vec::new(); RUNTIMES.len()];
+    for round in 0..n + 2 {
+        for (index, runtime) in RUNTIMES.iter().enumerate() {
+            if unavailable[index].is_some() {
+                continue;
             }
-            None => println!("{name:<32} unavailable"),
+            let pod = dir.join(format!("pod-{index}-{round}.json"));
+            std::fs::write(
+                &pod,
+                serde_json::json!({
+                    "metadata": {
+                        "name": format!("bench-cri-{index}-{round}"),
+                        "namespace": "bench-cri",
+                        "uid": format!("bench-cri-{}-{index}-{round}", std::process::id()),
+                    },
+                    "log_directory": dir.join("logs").display().to_string(),
+                    "linux": {},
+                })
+                .to_string(),
+            )
+            .unwrap();
+            let (pod, container) = (pod.display().to_string(), container.display().to_string());
+            let started = Instant::now();
+            let started_pod = (|| {
+                let pod_id = crictl_at(&socket, &["runp", "--runtime", runtime.handler, &pod])?;
+                let container_id = crictl_at(&socket, &["create", &pod_id, &container, &pod])
+                    .and_then(|id| crictl_at(&socket, &["start", &id]));
+                Ok::<_, String>((pod_id, container_id))
+            })();
+            let elapsed = started.elapsed();
+            let (pod_id, container) =
+                started_pod.unwrap_or_else(|e| panic!("{}: {e}", runtime.name));
+            let _ = crictl_at(&socket, &["stopp", &pod_id]);
+            let _ = crictl_at(&socket, &["rmp", "-f", &pod_id]);
+            container.unwrap_or_else(|e| panic!("{}: {e}", runtime.name));
+            if round >= 2 {
+                samples[index].push(elapsed);
+            }
         }
     }
-    if let (Some(runc), Some(ours)) = (rss[0], rss[1]) {
-        println!(
-            "ratio agentsandbox / runc: RSS {:.2}x, PSS {:.2}x",
-            ours.0 / runc.0,
-            ours.1 / runc.1
-        );
+    let _ = std::fs::remove_dir_all(&dir);
+    bench_containerd("stop");
+    samples
+}
+
+/// The ratios a goal is stated in (n/a where a runtime did not run here).
+fn print_ratios(what: &str, values: &[Option<f64>]) {
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.2}x", a / b),
+        _ => "n/a".to_string(),
+    };
+    let ours = values[AGENTSANDBOX];
+    println!(
+        "{what}: agentsandbox / runc {}, agentsandbox / crun {}, crun / runc {}",
+        ratio(ours, values[0]),
+        ratio(ours, values[1]),
+        ratio(values[1], values[0])
+    );
+}
+
+fn print_medians(samples: &mut [Vec<Duration>]) -> Vec<Option<f64>> {
+    let medians: Vec<Option<f64>> = samples
+        .iter_mut()
+        .map(|s| (!s.is_empty()).then(|| ms(percentile(s, 0.5))))
+        .collect();
+    println!("{:<32} {:>10}", "", "p50 ms");
+    for (runtime, median) in RUNTIMES.iter().zip(&medians) {
+        match median {
+            Some(median) => println!("{:<32} {median:>10.1}", runtime.name),
+            None => println!("{:<32} {:>10}", runtime.name, "n/a"),
+        }
     }
+    medians
+}
+
+fn runtime_bench(n: usize) {
+    println!("== runtime: create -> start -> exit of `true` (ctr run --rm), n={n}, interleaved");
+    let unavailable = probe_runtimes();
+    let medians = print_medians(&mut runtime_start_latencies(n, &unavailable));
+    print_ratios(
+        "container start p50 (goal: agentsandbox <= 0.5x runc and below crun)",
+        &medians,
+    );
+
+    let pods = 20;
+    println!(
+        "\n== runtime: shim memory per pod, {pods} pods running per runtime (averages; agentsandbox's PSS includes its launcher zygote and the zygote's sealed memfd)"
+    );
+    let memory: Vec<Option<ShimMemory>> = RUNTIMES
+        .iter()
+        .enumerate()
+        .map(|(i, runtime)| {
+            unavailable[i]
+                .is_none()
+                .then(|| shim_memory(runtime, i, pods))
+                .flatten()
+        })
+        .collect();
+    for (runtime, value) in RUNTIMES.iter().zip(&memory) {
+        match value {
+            Some(m) => println!(
+                "{:<32} RSS {:>6.1} MiB   PSS {:>6.1} MiB (shim {:.1}, helpers {:.1}, memfd {:.1})   threads {:.1}",
+                runtime.name,
+                m.rss,
+                m.pss_total(),
+                m.pss,
+                m.helpers,
+                m.memfd,
+                m.threads
+            ),
+            None => println!("{:<32} unavailable", runtime.name),
+        }
+    }
+    let pss: Vec<Option<f64>> = memory.iter().map(|m| m.map(|m| m.pss_total())).collect();
+    print_ratios(
+        "shim PSS per pod (goal: agentsandbox <= 0.25x runc, <= 4 threads)",
+        &pss,
+    );
+
+    println!("\n== runtime: CRI pod + container start (crictl runp + create + start), n={n}, interleaved");
+    let medians = print_medians(&mut cri_start_latencies(n, &unavailable));
+    print_ratios(
+        "CRI pod + container start p50 (goal: agentsandbox <= 0.7x runc)",
+        &medians,
+    );
 }
 
 /// Lines "attempt K <unix-ns>" of the attack program's `paced` mode.
@@ -453,7 +759,7 @@ async fn flood(cluster: &Cluster, namespace: &str, pod: &str, budget: Duration) 
     })
     .await
     .ok()?;
-    let rss = || shim_memory_mib(&shim).map(|(rss, _)| rss);
+    let rss = || process_memory(&shim).map(|(rss, _, _)| rss);
     let before = rss();
     let mut max = before.unwrap_or(0.0);
     let deadline = Instant::now() + budget;
@@ -615,14 +921,15 @@ async fn flood_bench(cluster: &Cluster) {
 }
 
 mod dns;
+mod kwok;
 mod pools;
 
 #[tokio::main]
 async fn main() {
     let sections = std::env::var("BENCH_SECTIONS")
-        .unwrap_or_else(|_| "runtime,escapes,flood,dns,pools,cluster".into());
+        .unwrap_or_else(|_| "runtime,escapes,flood,dns,pools,cluster,kwok".into());
     if sections.contains("runtime") {
-        runtime_bench(env_usize("BENCH_RUNTIME_N", 20));
+        runtime_bench(env_usize("BENCH_RUNTIME_N", 30));
         println!();
     }
     if sections.contains("escapes") {
@@ -651,16 +958,31 @@ async fn main() {
         .await;
         println!();
     }
-    if !sections.contains("cluster") {
-        return;
+    if sections.contains("cluster") {
+        cluster_bench(&Cluster::connect().await).await;
+        println!();
     }
-    let cluster = Cluster::connect().await;
+    if sections.contains("kwok") {
+        kwok::kwok_bench(
+            &Cluster::connect().await,
+            env_usize("BENCH_KWOK_NODES", 100),
+            env_usize("BENCH_KWOK_SANDBOXES", 10_000),
+            env_usize("BENCH_KWOK_FLOOR_PODS", 2_000),
+        )
+        .await;
+        println!();
+    }
+}
+
+/// apply -> Ready of bare Pods vs AgentSandboxes, and the operator's memory with many
+/// suspended sandboxes.
+async fn cluster_bench(cluster: &Cluster) {
     let n = env_usize("BENCH_SANDBOXES", 20);
     let m = env_usize("BENCH_SCALE", 500);
 
     println!("== apply -> Ready, sequential, n={n} (runc; same node, same image)");
-    let mut pods = bare_pod_latencies(&cluster, n).await;
-    let mut sandboxes = sandbox_latencies(&cluster, n).await;
+    let mut pods = bare_pod_latencies(cluster, n).await;
+    let mut sandboxes = sandbox_latencies(cluster, n).await;
     let (pod50, pod90) = (percentile(&mut pods, 0.5), percentile(&mut pods, 0.9));
     let (asb50, asb90) = (
         percentile(&mut sandboxes, 0.5),
@@ -680,7 +1002,7 @@ async fn main() {
     );
 
     println!("\n== operator memory with {m} sandboxes (Suspended: objects, policies, no pods)");
-    let before = leader_rss(&cluster);
+    let before = leader_rss(cluster);
     let ns = cluster.namespace("bench-scale");
     let manifests: Vec<String> = (0..m)
         .map(|i| {
@@ -711,7 +1033,7 @@ async fn main() {
     .await
     .unwrap();
     let converged = started.elapsed();
-    let after = leader_rss(&cluster);
+    let after = leader_rss(cluster);
     match (before, after) {
         (Some((_, b)), Some((pod, a))) => {
             println!("leader {pod}: RSS {b:.1} MiB idle -> {a:.1} MiB with {m} sandboxes");
