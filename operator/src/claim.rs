@@ -63,10 +63,13 @@ impl Caches {
             K::DynamicType: Default + Eq + std::hash::Hash + Clone,
         {
             let (reader, writer) = kube::runtime::reflector::store();
-            let stream = kube::runtime::reflector(writer, watcher(api, config))
-                .default_backoff()
-                .touched_objects()
-                .for_each(|_| futures::future::ready(()));
+            let stream = kube::runtime::reflector(
+                writer,
+                watcher(api, config).modify(|o| o.managed_fields_mut().clear()),
+            )
+            .default_backoff()
+            .touched_objects()
+            .for_each(|_| futures::future::ready(()));
             tokio::spawn(stream);
             reader
         }

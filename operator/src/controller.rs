@@ -210,6 +210,9 @@ pub fn reconcile_trigger(sandbox: &AgentSandbox) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// Reconciles in flight at most.
+pub const RECONCILE_CONCURRENCY: u16 = 16;
+
 /// The controller: AgentSandboxes, and the objects they own (watched by the operator's label).
 pub fn controller(client: Client) -> Controller<AgentSandbox> {
     let owned = watcher::Config::default().labels(&format!(
@@ -225,10 +228,18 @@ pub fn controller(client: Client) -> Controller<AgentSandbox> {
         watcher::Config::default(),
     )
     .default_backoff()
+    // The store keeps every sandbox: without managedFields (which nothing here reads) it
+    // is a fraction of the size.
+    .modify(|sandbox| sandbox.managed_fields_mut().clear())
     .reflect(writer)
     .applied_objects()
     .predicate_filter(reconcile_trigger, PredicateConfig::default());
     Controller::for_stream(trigger, reader)
+        // Bounded: thousands of sandboxes created at once must not become thousands of
+        // reconciles in flight (each with its requests and responses in memory).
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        )
         .owns(Api::<Pod>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())

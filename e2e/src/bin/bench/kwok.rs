@@ -61,7 +61,16 @@ impl Kwok {
     fn start() -> Kwok {
         let binary = state_dir().join("bin/kwok");
         let log = std::fs::File::create(state_dir().join("kwok.log")).expect("kwok's log");
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        // kwok goes when the bench goes, however it ends.
+        // SAFETY: prctl only, in the child before exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command
             .arg("--kubeconfig")
             .arg(state_dir().join("kubeconfig"))
             // Its stages, written by e2e/bench-deps.sh.
@@ -298,6 +307,24 @@ pub async fn kwok_bench(cluster: &Cluster, nodes: usize, sandboxes: usize, floor
     println!(
         "== operator at scale: {sandboxes} AgentSandboxes on {nodes} kwok nodes, against {floor_pods} bare pods created by a plain client ({IN_FLIGHT} requests in flight)"
     );
+    // A quiet API server: the sections before leave namespaces terminating (the operator
+    // cleans up their sandboxes), which would be counted here.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cluster.client.clone());
+    let quiet = wait_until(
+        "earlier bench namespaces gone",
+        Duration::from_secs(900),
+        || async {
+            let list = namespaces.list(&ListParams::default()).await.ok()?;
+            (!list.items.iter().any(|n| {
+                n.name_any().starts_with("e2e-bench-") && n.metadata.deletion_timestamp.is_some()
+            }))
+            .then_some(())
+        },
+    )
+    .await;
+    if let Err(err) = quiet {
+        println!("(measured on a busy API server: {err})");
+    }
     let _kwok = Kwok::start();
     let node_api: Api<Node> = Api::all(cluster.client.clone());
     let names: Vec<String> = (0..nodes).map(|i| format!("kwok-node-{i:03}")).collect();
