@@ -213,32 +213,14 @@ fn print_requests(what: &str, objects: usize, delta: &[(String, f64)]) -> f64 {
 
 /// (RSS MiB, CPU seconds) of the operator leader (the replica that reconciles).
 fn operator_figures(cluster: &Cluster) -> Option<(f64, f64)> {
-    let mut best: Option<(f64, f64, f64)> = None;
-    for pod in agentsandbox_e2e::operator_pods(cluster) {
-        let path = format!(
-            "/api/v1/namespaces/{}/pods/{pod}:8080/proxy/metrics",
-            agentsandbox_e2e::AGENTSANDBOX_NAMESPACE
-        );
-        let Ok(text) = cluster.kubectl_ok(&["get", "--raw", &path]) else {
-            continue;
-        };
-        let value = |name: &str| {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        };
-        let reconciles = value("agentsandbox_operator_reconciles_total").unwrap_or(0.0);
-        let (Some(rss), Some(cpu)) = (
-            value("agentsandbox_operator_resident_memory_bytes"),
-            value("agentsandbox_operator_cpu_seconds"),
-        ) else {
-            continue;
-        };
-        if best.as_ref().is_none_or(|(r, _, _)| reconciles > *r) {
-            best = Some((reconciles, rss / (1024.0 * 1024.0), cpu));
-        }
-    }
-    best.map(|(_, rss, cpu)| (rss, cpu))
+    let (_, values) = super::leader_metrics(
+        cluster,
+        &[
+            "agentsandbox_operator_resident_memory_bytes",
+            "agentsandbox_operator_cpu_seconds",
+        ],
+    )?;
+    Some((values[0] / (1024.0 * 1024.0), values[1]))
 }
 
 /// Creates `count` objects, `IN_FLIGHT` requests at a time; returns how long the creates took.

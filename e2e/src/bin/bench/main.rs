@@ -85,12 +85,11 @@ async fn sandbox_latencies(cluster: &Cluster, n: usize) -> Vec<Duration> {
     samples
 }
 
-/// The leader's VmRSS, from the `agentsandbox_operator_resident_memory_bytes` gauge of
-/// whichever replica reports reconciles (the standby reports none).
-fn leader_rss(cluster: &Cluster) -> Option<(String, f64)> {
-    let pods = operator_pods(cluster);
-    let mut best: Option<(String, f64, f64)> = None;
-    for pod in &pods {
+/// The operator leader's gauges `names`, from the /metrics of whichever replica reports the
+/// most reconciles (the standby reports none): (pod, values in the order asked).
+pub(crate) fn leader_metrics(cluster: &Cluster, names: &[&str]) -> Option<(String, Vec<f64>)> {
+    let mut best: Option<(String, f64, Vec<f64>)> = None;
+    for pod in operator_pods(cluster) {
         let path =
             format!("/api/v1/namespaces/{AGENTSANDBOX_NAMESPACE}/pods/{pod}:8080/proxy/metrics");
         let Ok(text) = cluster.kubectl_ok(&["get", "--raw", &path]) else {
@@ -102,12 +101,20 @@ fn leader_rss(cluster: &Cluster) -> Option<(String, f64)> {
                 .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         };
         let reconciles = value("agentsandbox_operator_reconciles_total").unwrap_or(0.0);
-        let rss = value("agentsandbox_operator_resident_memory_bytes")?;
+        let Some(values) = names.iter().map(|n| value(n)).collect::<Option<Vec<f64>>>() else {
+            continue;
+        };
         if best.as_ref().is_none_or(|(_, r, _)| reconciles > *r) {
-            best = Some((pod.to_string(), reconciles, rss));
+            best = Some((pod.to_string(), reconciles, values));
         }
     }
-    best.map(|(pod, _, rss)| (pod, rss / (1024.0 * 1024.0)))
+    best.map(|(pod, _, values)| (pod, values))
+}
+
+/// The leader's VmRSS in MiB.
+fn leader_rss(cluster: &Cluster) -> Option<(String, f64)> {
+    let (pod, values) = leader_metrics(cluster, &["agentsandbox_operator_resident_memory_bytes"])?;
+    Some((pod, values[0] / (1024.0 * 1024.0)))
 }
 
 /// A runtime under test: its name, containerd's runtime type, the OCI runtime the runc shim
